@@ -1,0 +1,28 @@
+# Gatehouse: the two Quickstart commands are `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo install test lint bench
+
+$(BIN)/gatehouse: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch==2.13.0 first: pip takes the CPU wheel that lies on this machine's disk,
+	# so the unpinned torch requirement below is already met (no CUDA download).
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/gatehouse
+
+install: $(BIN)/gatehouse
+
+demo: install
+	$(BIN)/gatehouse serve --demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check gateway policies evaluators tuning tests
+
+bench: install
+	$(BIN)/python tests/bench/bench_gateway.py

@@ -1,0 +1,337 @@
+"""OpenAI-shaped handlers: translate HTTP into a ``RequestContext`` and back.
+
+Validation is deliberately hand-written for the few fields the gateway acts on
+(each error names its field); everything else in the body is passed through to
+the upstream untouched, so new OpenAI parameters work without a release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.errors import ErrorKind, GatewayError, invalid
+from gateway.providers import StreamReply, UpstreamFailure
+from gateway.routing import Attempt, sticky_key
+from gateway.types import Endpoint, RequestContext, StreamBlocked, StreamFilter
+
+if TYPE_CHECKING:
+    from gateway.app import Runtime
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+# ---- validation ------------------------------------------------------------------
+
+def _type_name(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _expect(body: dict[str, Any], name: str, types: tuple[type, ...], desc: str, required: bool = False) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise invalid(f"Missing required parameter: '{name}'.", name)
+        return None
+    v = body[name]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        raise invalid(f"Invalid type for '{name}': expected {desc}, but got {_type_name(v)}.", name)
+    return v
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    v = _expect(body, name, (int, float), "a number")
+    if v is not None and not lo <= v <= hi:
+        raise invalid(f"Invalid value for '{name}': {v} is outside [{lo}, {hi}].", name)
+
+
+def validate(endpoint: Endpoint, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid(f"The request body must be a JSON object, got {_type_name(body)}.")
+    model = _expect(body, "model", (str,), "a string", required=True)
+    if not model:
+        raise invalid("'model' must not be empty.", "model")
+    if endpoint == "embeddings":
+        inp = body.get("input")
+        if inp is None:
+            raise invalid("Missing required parameter: 'input'.", "input")
+        if not isinstance(inp, (str, list)) or (isinstance(inp, list) and not inp):
+            raise invalid("Invalid 'input': expected a string or a non-empty array.", "input")
+        fmt = _expect(body, "encoding_format", (str,), "a string")
+        if fmt is not None and fmt not in ("float", "base64"):
+            raise invalid(f"Invalid value for 'encoding_format': {fmt!r}; supported: 'float', 'base64'.", "encoding_format")
+        dims = _expect(body, "dimensions", (int,), "an integer")
+        if dims is not None and dims < 1:
+            raise invalid("'dimensions' must be >= 1.", "dimensions")
+        return body
+    _expect(body, "stream", (bool,), "a boolean")
+    opts = _expect(body, "stream_options", (dict,), "an object")
+    if opts is not None and "include_usage" in opts and not isinstance(opts["include_usage"], bool):
+        raise invalid("Invalid type for 'stream_options.include_usage': expected a boolean.", "stream_options.include_usage")
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        v = _expect(body, name, (int,), "an integer")
+        if v is not None and v < 1:
+            raise invalid(f"Invalid value for '{name}': must be >= 1.", name)
+    _expect(body, "user", (str,), "a string")
+    if endpoint == "completions":
+        prompt = body.get("prompt")
+        if prompt is None:
+            raise invalid("Missing required parameter: 'prompt'.", "prompt")
+        if not isinstance(prompt, (str, list)):
+            raise invalid(f"Invalid type for 'prompt': expected a string or array, but got {_type_name(prompt)}.", "prompt")
+        return body
+    msgs = _expect(body, "messages", (list,), "an array", required=True)
+    if not msgs:
+        raise invalid("'messages' must contain at least one message.", "messages")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise invalid(f"Invalid type for 'messages[{i}]': expected an object, but got {_type_name(m)}.", f"messages[{i}]")
+        role = m.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise invalid(
+                f"Invalid value for 'messages[{i}].role': {role!r}; supported: {', '.join(sorted(ROLES))}.", f"messages[{i}].role"
+            )
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise invalid(
+                f"Invalid type for 'messages[{i}].content': expected a string or array, but got {_type_name(content)}.",
+                f"messages[{i}].content",
+            )
+    return body
+
+
+# ---- usage bookkeeping -----------------------------------------------------------
+
+def take_usage(ctx: RequestContext, usage: Any) -> None:
+    if isinstance(usage, dict):
+        rec = ctx.record
+        rec.prompt_tokens = usage.get("prompt_tokens")
+        rec.completion_tokens = usage.get("completion_tokens")
+        rec.total_tokens = usage.get("total_tokens")
+
+
+def _finish_reason(reply: dict[str, Any]) -> str | None:
+    choices = reply.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0].get("finish_reason")
+    return None
+
+
+def chunk_text(chunk: dict[str, Any]) -> str:
+    choices = chunk.get("choices")
+    if not choices:
+        return ""
+    out = []
+    for c in choices:
+        delta = c.get("delta")
+        if isinstance(delta, dict):
+            t = delta.get("content")
+            if isinstance(t, str):
+                out.append(t)
+        elif isinstance(c.get("text"), str):
+            out.append(c["text"])
+    return "".join(out)
+
+
+# ---- handlers --------------------------------------------------------------------
+
+def headers_list(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in ctx.response_headers.items()]
+
+
+async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
+    """Validate, resolve the route and run the stages' inbound hooks; returns the Route."""
+    validate(endpoint, ctx.body)
+    model = ctx.model
+    ctx.record.model = model
+    route = rt.router.get(model)
+    if not ctx.caller.may_use(model):
+        raise GatewayError(ErrorKind.PERMISSION, f"API key {ctx.caller.key_id} may not use model `{model}`.", param="model")
+    ctx.record.stream = ctx.stream
+    ctx.record.user = ctx.body.get("user") if isinstance(ctx.body.get("user"), str) else None
+    if rt.log_bodies:
+        ctx.record.request_body = ctx.body
+    for stage in rt.stages:
+        await stage.on_request(ctx)
+        if ctx.short_circuit is not None:
+            break
+    return route
+
+
+async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, send: Send, receive: Receive) -> None:
+    route = await prepare(rt, ctx, endpoint)
+    if ctx.stream and endpoint != "embeddings":
+        await handle_stream(rt, ctx, endpoint, route, send, receive)
+        return
+    att = Attempt()
+    if ctx.short_circuit is not None:
+        reply = ctx.short_circuit
+        ctx.record.target = "cache"
+    else:
+        try:
+            reply = await rt.router.complete(route, endpoint, ctx.body, sticky_key(ctx.body, ctx.headers), att)
+        finally:
+            _record_attempt(ctx, att)
+    for stage in reversed(rt.stages):
+        reply = await stage.on_response(ctx, reply)
+    take_usage(ctx, reply.get("usage"))
+    ctx.record.finish_reason = _finish_reason(reply)
+    if rt.log_bodies:
+        ctx.record.response_body = reply
+    body = orjson.dumps(reply)
+    ctx.record.status = 200
+    await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers_list(ctx)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _record_attempt(ctx: RequestContext, att: Attempt) -> None:
+    ctx.upstream_seconds += att.upstream_seconds
+    ctx.record.attempts = att.attempts
+    if att.arm is not None:
+        ctx.record.target = att.arm.name
+        ctx.record.variant = att.arm.variant
+        ctx.response_headers["x-gatehouse-target"] = att.arm.name
+        ctx.response_headers["x-gatehouse-variant"] = att.arm.variant
+
+
+def sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+def sse_error(message: str, code: str, extra: dict[str, Any] | None = None) -> bytes:
+    err: dict[str, Any] = {"message": message, "type": "api_error", "param": None, "code": code}
+    if extra:
+        err.update(extra)
+    return sse(orjson.dumps({"error": err}))
+
+
+async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, route: Any, send: Send, receive: Receive) -> None:
+    body = ctx.body
+    opts = body.get("stream_options") or {}
+    client_wants_usage = bool(opts.get("include_usage"))
+    upstream_body = body
+    if not client_wants_usage:
+        # ask for usage anyway so the record has token counts; the usage chunk is not forwarded
+        upstream_body = {**body, "stream_options": {**opts, "include_usage": True}}
+    att = Attempt()
+    try:
+        reply, first = await rt.router.open_stream(route, endpoint, upstream_body, sticky_key(body, ctx.headers), att)
+    finally:
+        _record_attempt(ctx, att)
+    filters: list[StreamFilter] = [f for s in reversed(rt.stages) if (f := s.stream_filter(ctx)) is not None]
+    ctx.record.status = 200
+    await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers_list(ctx)]})
+    pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send))
+    watch = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if pump not in done:
+            # the client went away: stop reading, which closes the upstream request
+            pump.cancel()
+            ctx.record.error_kind = "client_disconnect"
+            ctx.record.status = 499
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        else:
+            pump.result()
+    finally:
+        watch.cancel()
+        await reply.aclose()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+async def _pump(
+    ctx: RequestContext,
+    reply: StreamReply,
+    first: bytes,
+    filters: list[StreamFilter],
+    client_wants_usage: bool,
+    send: Send,
+) -> None:
+    rec = ctx.record
+    events = reply.events
+    ev: bytes | None = first
+    clock = time.perf_counter
+
+    async def emit(data: bytes) -> None:
+        if rec.ttft_ms is None:
+            rec.ttft_ms = (clock() - ctx.t0) * 1000
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def release(chunks: list[dict[str, Any]]) -> None:
+        for c in chunks:
+            await emit(sse(orjson.dumps(c)))
+
+    try:
+        while ev is not None:
+            if ev == b"[DONE]":
+                for f in filters:
+                    await release(await f.finish())
+                await emit(sse(b"[DONE]"))
+                break
+            try:
+                chunk = orjson.loads(ev)
+            except orjson.JSONDecodeError:
+                chunk = None
+            forward = True
+            if isinstance(chunk, dict):
+                if chunk.get("usage"):
+                    take_usage(ctx, chunk["usage"])
+                    if not chunk.get("choices") and not client_wants_usage:
+                        forward = False
+                fr = _finish_reason(chunk)
+                if fr:
+                    rec.finish_reason = fr
+                if forward and filters:
+                    out = [chunk]
+                    for f in filters:
+                        nxt: list[dict[str, Any]] = []
+                        for c in out:
+                            nxt.extend(await f.feed(c, chunk_text(c)))
+                        out = nxt
+                    await release(out)
+                    forward = False
+            if forward:
+                await emit(sse(ev))
+            t0 = clock()
+            try:
+                ev = await events.__anext__()
+            except StopAsyncIteration:
+                ev = None
+                # upstream ended without [DONE]: still flush held-back text
+                for f in filters:
+                    await release(await f.finish())
+            finally:
+                ctx.upstream_seconds += clock() - t0
+    except StreamBlocked as blk:
+        rec.finish_reason = "content_filter"
+        rec.error_kind = "content_filter"
+        rec.error_message = blk.message
+        stop = {"id": "gatehouse-filter", "object": "chat.completion.chunk" if ctx.endpoint == "chat" else "text_completion",
+                "created": int(time.time()), "model": ctx.model,
+                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "content_filter"}]}
+        await emit(sse(orjson.dumps(stop)))
+        await emit(sse_error(blk.message, "content_policy_violation", {"rule": blk.rule, "category": blk.category, **blk.detail}))
+    except UpstreamFailure as f:
+        rec.error_kind = "upstream_stream_broken"
+        rec.error_message = f.message
+        rec.status = 502
+        await emit(sse_error(f"upstream stream broke: {f.message}", "upstream_stream_broken"))
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,570 @@
+"""The ASGI application.
+
+``create_app(settings)`` returns the stack, outermost first:
+
+1. ``RequestIdAndErrors`` — request id, the one error translation point, and the
+   traffic record of every ``/v1`` request (emitted when the response is done);
+2. ``Authenticate`` — API key -> ``Caller``; deny by default (open: /healthz,
+   /readyz and, if configured, /metrics); ``/admin`` needs the admin key;
+3. ``RateLimit`` — per key/tenant limits, shared across replicas via Redis;
+4. ``Dispatch`` — the hot OpenAI endpoints as plain ASGI handlers, everything else
+   (models, health, metrics, admin, feedback) on a Starlette router.
+
+Heavy objects (the upstream HTTP client, models, indexes, the traffic log) are
+built once in the lifespan, hung on ``Runtime`` and closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as HttpRoute
+
+from gateway import api
+from gateway.auth import ChainKeyStore, ConfigKeyStore, KeyStore, bearer
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.errors import ErrorKind, GatewayError
+from gateway.metrics import Metrics
+from gateway.providers import build_provider
+from gateway.routing import Arm, CircuitBreaker, Route, Router
+from gateway.services import Services
+from gateway.trafficlog import TrafficLog, build_sink
+from gateway.types import Caller, RequestContext, Stage, TrafficRecord
+
+log = logging.getLogger("gatehouse")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HOT_PATHS: dict[str, api.Endpoint] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+STAGE_MODULES = ("gateway.prompts", "gateway.grounding", "gateway.cache", "gateway.guardrails")
+
+
+class Runtime:
+    """Everything the request path needs, built in the lifespan."""
+
+    def __init__(self, settings: Settings, config_path: Path | None, transport: httpx.AsyncBaseTransport | None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.services = Services(settings=settings, metrics=self.metrics, config_path=config_path)
+        self._transport = transport
+        self.client: httpx.AsyncClient | None = None
+        self.router = Router({}, self.metrics)
+        self.stages: list[Stage] = []
+        self.keys: KeyStore = ConfigKeyStore(settings.auth)
+        self.limiter: Any = None
+        self.traffic: TrafficLog | None = None
+        self.log_bodies = settings.traffic_log.log_bodies
+        self.started = False
+        self.extra_routes: list[Any] = []
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._providers: dict[str, Any] = {}
+        self._config_mtime: float | None = None
+        self._bg: list[asyncio.Task[Any]] = []
+
+    # ---- lifecycle ------------------------------------------------------------------
+    async def startup(self) -> None:
+        s = self.settings
+        if s.redis.url:
+            import redis.asyncio as aioredis
+
+            self.services.redis = aioredis.from_url(s.redis.url)
+        self.client = self._make_client()
+        await self.build_router(s)
+        self.traffic = TrafficLog(build_sink(s.traffic_log, s, self.services.redis), self.metrics,
+                                  s.traffic_log.queue_size, s.traffic_log.batch_size, s.traffic_log.log_bodies)
+        self.traffic.start()
+        self.keys = await self._build_keys()
+        self.limiter = await self._build_limiter()
+        self.stages = await self._build_stages()
+        await self._mount_feature_routes()
+        if self.config_path is not None:
+            self._config_mtime = self.config_path.stat().st_mtime
+            self._bg.append(asyncio.get_running_loop().create_task(self._watch_config(), name="config-watch"))
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self.started = True
+
+    async def shutdown(self) -> None:
+        for t in self._bg:
+            t.cancel()
+        for stage in self.stages:
+            closer = getattr(stage, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        if self.traffic is not None:
+            await self.traffic.aclose(self.settings.server.shutdown_timeout)
+        for p in self._providers.values():
+            with contextlib.suppress(Exception):
+                await p.aclose()
+        if self.client is not None:
+            await self.client.aclose()
+        if self.services.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.services.redis.aclose()
+
+    def _make_client(self) -> httpx.AsyncClient:
+        s = self.settings.server
+        limits = httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections)
+        if self._transport is not None:
+            return httpx.AsyncClient(transport=self._transport)
+        if s.http_transport == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            return httpx.AsyncClient(transport=AiohttpTransport(limits=limits, trust_env=False))
+        return httpx.AsyncClient(limits=limits, trust_env=False)
+
+    async def build_router(self, settings: Settings) -> None:
+        """(Re)build routes; breakers and loaded providers of unchanged targets are kept."""
+        assert self.client is not None
+        routes: dict[str, Route] = {}
+        providers: dict[str, Any] = {}
+        for rs in settings.routes:
+            arms = [self._arm(t, providers) for t in rs.targets]
+            fallbacks = [self._arm(t, providers) for t in rs.fallbacks]
+            routes[rs.name] = Route(rs, arms, fallbacks)
+        loop = asyncio.get_running_loop()
+        for p in providers.values():
+            load = getattr(p, "load", None)
+            if load is not None and not await p.ready():
+                await loop.run_in_executor(None, load)
+        self._providers = {**self._providers, **providers}
+        self.router = Router(routes, self.metrics)
+
+    def _arm(self, target: Any, providers: dict[str, Any]) -> Arm:
+        key = target.key
+        fingerprint = (key, target.model_dump_json())
+        prov = self._providers.get(str(fingerprint)) or providers.get(str(fingerprint))
+        if prov is None:
+            prov = build_provider(target, self.client)  # type: ignore[arg-type]
+        providers[str(fingerprint)] = prov
+        if key not in self._breakers:
+            gauge = self.metrics.circuit_open.labels(key)
+            gauge.set(0)
+            self._breakers[key] = CircuitBreaker(target.circuit.failures, target.circuit.reset_seconds, lambda is_open, g=gauge: g.set(1 if is_open else 0))
+        return Arm(target, prov, self._breakers[key], target.variant or key)
+
+    async def _build_keys(self) -> KeyStore:
+        config_keys = ConfigKeyStore(self.settings.auth)
+        extra = os.environ.get("GATEHOUSE_API_KEYS", "")
+        if extra:
+            from gateway.config import ApiKey, AuthSettings
+
+            pairs = [p.split("=", 1) for p in extra.split(",") if "=" in p]
+            env_keys = ConfigKeyStore(AuthSettings(keys=tuple(ApiKey(id=f"env-{i}", tenant=t, key=k) for i, (k, t) in enumerate(pairs))))
+            config_keys = ChainKeyStore(config_keys, env_keys)  # type: ignore[assignment]
+        if self.settings.auth.store == "config":
+            return config_keys
+        try:
+            from gateway import keys as keys_mod
+        except ImportError:
+            return config_keys
+        managed = await keys_mod.build_store(self.services)
+        return ChainKeyStore(config_keys, managed) if managed is not None else config_keys
+
+    async def _build_limiter(self) -> Any:
+        rl = self.settings.rate_limits
+        if not (rl.requests_per_minute or rl.tokens_per_minute or rl.concurrent):
+            return None
+        from gateway import ratelimit
+
+        return await ratelimit.build_limiter(self.services)
+
+    async def _build_stages(self) -> list[Stage]:
+        import importlib
+
+        stages: list[Stage] = []
+        for name in STAGE_MODULES:
+            try:
+                mod = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name == name:
+                    continue  # feature not installed in this build
+                raise
+            builder = getattr(mod, "build_stage", None)
+            if builder is None:
+                continue
+            stage = await builder(self.services)
+            if stage is not None:
+                stages.append(stage)
+        return stages
+
+    async def _mount_feature_routes(self) -> None:
+        """Admin and feedback routes contributed by feature modules."""
+        import importlib
+
+        for name in ("gateway.prompts.admin", "gateway.feedback_routes"):
+            with contextlib.suppress(ModuleNotFoundError):
+                mod = importlib.import_module(name)
+                routes = await mod.routes(self) if hasattr(mod, "routes") else []
+                self.extra_routes.extend(routes)
+
+    # ---- config reload ------------------------------------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file's routes (e.g. a canary deploy); keep the old ones on error."""
+        if self.config_path is None:
+            return {"reloaded": False, "reason": "no config file (started with embedded settings)"}
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("config reload failed, keeping the running routes: %s", exc)
+            return {"reloaded": False, "reason": str(exc)}
+        await self.build_router(new)
+        self._config_mtime = self.config_path.stat().st_mtime
+        log.info("config reloaded: %d routes", len(self.router.routes))
+        return {"reloaded": True, "routes": sorted(self.router.routes)}
+
+    async def _watch_config(self) -> None:
+        assert self.config_path is not None
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(OSError):
+                m = self.config_path.stat().st_mtime
+                if m != self._config_mtime:
+                    self._config_mtime = m
+                    await self.reload()
+
+
+# ---- middleware -------------------------------------------------------------------------
+
+def error_response(err: GatewayError, request_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+    headers += [(k.lower().encode(), str(v).encode()) for k, v in err.headers.items()]
+    return (
+        {"type": "http.response.start", "status": err.status, "headers": headers},
+        {"type": "http.response.body", "body": err.json_bytes()},
+    )
+
+
+class RequestIdAndErrors:
+    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+        self.app = app
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rt = self.rt
+        request_id = "req_" + uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        path = scope["path"]
+        endpoint = HOT_PATHS.get(path)
+        record = TrafficRecord(request_id=request_id, ts_start=time.time(), endpoint=endpoint or path) if endpoint else None
+        state["record"] = record
+        started = False
+        rid = request_id.encode()
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                if record is not None and not record.status:
+                    record.status = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        if record is not None:
+            rt.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except GatewayError as err:
+            self._note_error(record, err.status, err.kind.value, err.message)
+            if not started:
+                start, body = error_response(err, request_id)
+                await send(start)
+                await send(body)
+        except Exception as exc:  # our bug: a 500, never disguised as a client error
+            log.exception("unhandled error in request %s", request_id)
+            self._note_error(record, 500, ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}")
+            if not started:
+                err = GatewayError(ErrorKind.INTERNAL, f"Internal error (request id {request_id}); see gateway logs.")
+                start, body = error_response(err, request_id)
+                await send(start)
+                await send(body)
+        finally:
+            if record is not None:
+                rt.metrics.inflight.dec()
+                self._finish(record, state.get("ctx"), t0)
+
+    @staticmethod
+    def _note_error(record: TrafficRecord | None, status: int, kind: str, message: str) -> None:
+        if record is not None:
+            record.status = status
+            record.error_kind = kind
+            record.error_message = message
+
+    def _finish(self, record: TrafficRecord, ctx: RequestContext | None, t0: float) -> None:
+        rt = self.rt
+        elapsed = time.perf_counter() - t0
+        record.ts_end = time.time()
+        record.latency_ms = elapsed * 1000
+        model = record.model if record.model in rt.router.routes else ""
+        m = rt.metrics
+        if ctx is not None:
+            overhead = max(0.0, elapsed - ctx.upstream_seconds)
+            record.overhead_ms = overhead * 1000
+            m.overhead.labels(model).observe(overhead)
+        m.requests.labels(model, record.target or "", str(record.status)).inc()
+        m.duration.labels(model).observe(elapsed)
+        if record.ttft_ms is not None:
+            m.ttft.labels(model).observe(record.ttft_ms / 1000)
+        if record.prompt_tokens:
+            m.tokens.labels("prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            m.tokens.labels("completion").inc(record.completion_tokens)
+        if rt.traffic is not None:
+            rt.traffic.emit(record)
+
+
+class Authenticate:
+    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+        self.app = app
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in OPEN_PATHS or (path == "/metrics" and self.rt.settings.auth.public_metrics):
+            await self.app(scope, receive, send)
+            return
+        key = bearer(scope["headers"])
+        if path.startswith("/admin"):
+            admin = self.rt.settings.admin.key.get_secret_value() if self.rt.settings.admin.key else os.environ.get("GATEHOUSE_ADMIN_KEY")
+            if not admin:
+                raise GatewayError(ErrorKind.PERMISSION, "The admin API is disabled: set admin.key (or GATEHOUSE_ADMIN_KEY).", code="admin_disabled")
+            if key is None or not hmac.compare_digest(key.encode(), admin.encode()):
+                raise GatewayError(ErrorKind.AUTHENTICATION, "A valid admin key is required for /admin.")
+            scope["state"]["caller"] = Caller(tenant="admin", key_id="admin", scopes=("admin",))
+            await self.app(scope, receive, send)
+            return
+        if key is None:
+            raise GatewayError(
+                ErrorKind.AUTHENTICATION,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+                code="missing_api_key",
+            )
+        caller = await self.rt.keys.lookup(key)
+        if caller is None:
+            shown = key[:6] + "..." if len(key) > 10 else "***"
+            raise GatewayError(ErrorKind.AUTHENTICATION, f"Incorrect API key provided: {shown}.")
+        scope["state"]["caller"] = caller
+        record = scope["state"].get("record")
+        if record is not None:
+            record.tenant = caller.tenant
+            record.key_id = caller.key_id
+        await self.app(scope, receive, send)
+
+
+class RateLimit:
+    """Admission per caller; the limiter itself lives in ``gateway.ratelimit``."""
+
+    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+        self.app = app
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limiter = self.rt.limiter
+        caller = scope.get("state", {}).get("caller")
+        if limiter is None or caller is None or scope["path"] not in HOT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        await limiter.admit(scope, receive, send, caller, self.app)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "client disconnected before sending the body")
+        part = msg.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise GatewayError(ErrorKind.BODY_TOO_LARGE, f"Request body is larger than the limit of {limit} bytes.")
+        chunks.append(part)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+class Dispatch:
+    def __init__(self, rt: Runtime, fallback: ASGIApp) -> None:
+        self.rt = rt
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = HOT_PATHS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.fallback(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"{scope['path']} accepts POST only, got {scope['method']}.")
+        rt = self.rt
+        raw = await read_body(receive, rt.settings.server.max_body_bytes)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
+        state = scope["state"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        ctx = RequestContext(
+            request_id=state["request_id"], endpoint=endpoint, caller=state["caller"], body=body if isinstance(body, dict) else {},
+            headers=headers, record=state["record"],
+        )
+        if not isinstance(body, dict):
+            api.validate(endpoint, body)
+        state["ctx"] = ctx
+        await api.handle_complete(rt, ctx, endpoint, send, receive)
+
+
+# ---- non-hot routes -------------------------------------------------------------------
+
+def model_card(route: Route) -> dict[str, Any]:
+    return {
+        "id": route.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": route.settings.owner,
+        "gatehouse": {
+            "providers": sorted({a.target.provider for a in [*route.arms, *route.fallbacks]}),
+            "capabilities": sorted(route.capabilities),
+            "targets": [{"name": a.name, "provider": a.target.provider, "variant": a.variant, "weight": a.target.weight} for a in route.arms],
+            "fallbacks": [a.name for a in route.fallbacks],
+            "description": route.settings.description,
+        },
+    }
+
+
+def build_starlette(rt: Runtime) -> Starlette:
+    async def list_models(request: Request) -> Response:
+        caller: Caller = request.scope["state"]["caller"]
+        data = [model_card(r) for name, r in sorted(rt.router.routes.items()) if caller.may_use(name)]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_model(request: Request) -> Response:
+        name = request.path_params["model"]
+        route = rt.router.get(name)
+        return JSONResponse(model_card(route))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, Any] = {"started": rt.started}
+        for key, p in rt._providers.items():
+            checks[f"model:{p.target.key}"] = await p.ready()
+        if rt.services.redis is not None:
+            try:
+                await asyncio.wait_for(rt.services.redis.ping(), 1.0)
+                checks["redis"] = True
+            except Exception:
+                checks["redis"] = False
+        if rt.limiter is not None and hasattr(rt.limiter, "healthy"):
+            checks["rate_limiter"] = bool(rt.limiter.healthy)
+        for stage in rt.stages:
+            ready = getattr(stage, "ready", None)
+            if ready is not None:
+                checks[f"stage:{stage.name}"] = bool(await ready()) if asyncio.iscoroutinefunction(ready) else bool(ready())
+        ok = all(v is True for v in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        data, ctype = rt.metrics.render()
+        return Response(data, media_type=ctype)
+
+    async def admin_reload(request: Request) -> Response:
+        return JSONResponse(await rt.reload())
+
+    def render(err: GatewayError) -> Response:
+        return Response(err.json_bytes(), status_code=err.status, media_type="application/json", headers=err.headers)
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return render(exc)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        kind = ErrorKind.NOT_FOUND if status == 404 else ErrorKind.INVALID_REQUEST
+        return render(GatewayError(kind, f"Unknown path or method: {request.method} {request.url.path}.", code="unknown_url", status=status))
+
+    routes = [
+        HttpRoute("/v1/models", list_models, methods=["GET"]),
+        HttpRoute("/v1/models/{model:path}", get_model, methods=["GET"]),
+        HttpRoute("/healthz", healthz, methods=["GET"]),
+        HttpRoute("/readyz", readyz, methods=["GET"]),
+        HttpRoute("/metrics", metrics, methods=["GET"]),
+        HttpRoute("/admin/reload", admin_reload, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={GatewayError: on_gateway_error, 404: not_found, 405: not_found})
+    return app
+
+
+class Gatehouse:
+    """The ASGI callable: lifespan plus the middleware stack."""
+
+    def __init__(self, settings: Settings, config_path: Path | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.runtime = rt = Runtime(settings, config_path, transport)
+        self.starlette = build_starlette(rt)
+        self.stack: ASGIApp = RequestIdAndErrors(Authenticate(RateLimit(Dispatch(rt, self._fallback), rt), rt), rt)
+
+    async def _fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.starlette(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self.stack(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.runtime.startup()
+                    for r in self.runtime.extra_routes:
+                        self.starlette.router.routes.append(r)
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                try:
+                    await self.runtime.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, *, config_path: str | Path | None = None, transport: httpx.AsyncBaseTransport | None = None) -> Gatehouse:
+    return Gatehouse(settings, Path(config_path) if config_path else None, transport)

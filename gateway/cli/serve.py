@@ -1,0 +1,85 @@
+"""``gatehouse serve``: run the gateway under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from gateway.config import DEMO_CONFIG, ConfigError, Settings, load_settings
+
+
+def demo_env() -> None:
+    """Defaults the demo config refers to (its policy file lives beside the package)."""
+    policies = Path(__file__).resolve().parents[2] / "policies" / "examples" / "demo.yaml"
+    os.environ.setdefault("GATEHOUSE_DEMO_POLICIES", str(policies))
+
+
+def resolve_config(path: str | None, demo: bool) -> tuple[Settings, Path | None]:
+    if demo or (path is None and not os.environ.get("GATEHOUSE_CONFIG")):
+        demo_env()
+        s = load_settings(DEMO_CONFIG)
+        # demo paths (logs, stores) are relative to where you run it, not to the package
+        return s.model_copy(update={"base_dir": os.getcwd()}), None
+    p = Path(path or os.environ["GATEHOUSE_CONFIG"])
+    return load_settings(p), p
+
+
+def app_factory():  # noqa: ANN201 - called by uvicorn workers
+    from gateway.app import create_app
+
+    settings, path = resolve_config(os.environ.get("GATEHOUSE_CONFIG") or None, os.environ.get("GATEHOUSE_DEMO") == "1")
+    return create_app(settings, config_path=path)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="gatehouse serve", description="Run the Gatehouse gateway.")
+    ap.add_argument("--config", help="config YAML (default: $GATEHOUSE_CONFIG, else the embedded demo)")
+    ap.add_argument("--demo", action="store_true", help="run the embedded demo config")
+    ap.add_argument("--host")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings, path = resolve_config(args.config, args.demo)
+    except ConfigError as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    workers = args.workers or settings.server.workers
+    if path is not None:
+        os.environ["GATEHOUSE_CONFIG"] = str(path.resolve())
+    else:
+        os.environ["GATEHOUSE_DEMO"] = "1"
+        os.environ.pop("GATEHOUSE_CONFIG", None)
+        print("Gatehouse demo: OpenAI base_url http://%s:%d/v1, api_key sk-gatehouse-demo, models: %s"
+              % (host, port, ", ".join(r.name for r in settings.routes)), flush=True)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        d = Path(tempfile.mkdtemp(prefix="gatehouse-prom-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(d)
+    elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        d = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    import uvicorn
+
+    uvicorn.run(
+        "gateway.cli.serve:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(settings.server.shutdown_timeout) or None,
+    )
+    return 0

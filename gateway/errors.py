@@ -1,0 +1,93 @@
+"""One error type for the whole gateway and its one status table.
+
+Every failure that reaches a client is a ``GatewayError``; the ASGI error layer
+turns it into the OpenAI error body ``{"error": {"message", "type", "param",
+"code"}}``. Only client mistakes map to 4xx; anything unexpected is a 500.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import orjson
+
+
+class ErrorKind(str, Enum):
+    INVALID_REQUEST = "invalid_request"
+    AUTHENTICATION = "authentication"
+    PERMISSION = "permission"
+    NOT_FOUND = "not_found"
+    BODY_TOO_LARGE = "body_too_large"
+    RATE_LIMITED = "rate_limited"
+    CONTENT_POLICY = "content_policy"
+    UPSTREAM_CLIENT = "upstream_client"  # upstream said 4xx: its message is passed on
+    UPSTREAM_ERROR = "upstream_error"  # upstream 5xx after retries and fallbacks
+    UPSTREAM_CONNECT = "upstream_connect"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    CIRCUIT_OPEN = "circuit_open"
+    UNAVAILABLE = "unavailable"  # a dependency (Redis, a model) is down
+    INTERNAL = "internal"
+
+
+# kind -> (HTTP status, OpenAI error "type", default code)
+STATUS: dict[ErrorKind, tuple[int, str, str | None]] = {
+    ErrorKind.INVALID_REQUEST: (400, "invalid_request_error", None),
+    ErrorKind.AUTHENTICATION: (401, "authentication_error", "invalid_api_key"),
+    ErrorKind.PERMISSION: (403, "permission_error", "model_not_allowed"),
+    ErrorKind.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
+    ErrorKind.BODY_TOO_LARGE: (413, "invalid_request_error", "request_too_large"),
+    ErrorKind.RATE_LIMITED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    ErrorKind.CONTENT_POLICY: (400, "invalid_request_error", "content_policy_violation"),
+    ErrorKind.UPSTREAM_CLIENT: (400, "invalid_request_error", None),
+    ErrorKind.UPSTREAM_ERROR: (502, "api_error", "upstream_error"),
+    ErrorKind.UPSTREAM_CONNECT: (502, "api_error", "upstream_connect_error"),
+    ErrorKind.UPSTREAM_TIMEOUT: (504, "api_error", "upstream_timeout"),
+    ErrorKind.CIRCUIT_OPEN: (503, "api_error", "circuit_open"),
+    ErrorKind.UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    ErrorKind.INTERNAL: (500, "api_error", "internal_error"),
+}
+assert set(STATUS) == set(ErrorKind), "every ErrorKind needs a status"
+
+
+class GatewayError(Exception):
+    """A failure with a kind (-> status), a message for the client and the offending param."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+        default_status, self.type, default_code = STATUS[kind]
+        self.code = code if code is not None else default_code
+        # upstream 4xx keep their own status (401 stays 401, 422 stays 422)
+        self.status = status if status is not None else default_status
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        err.update(self.extra)
+        return {"error": err}
+
+    def json_bytes(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+def invalid(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)

@@ -1,0 +1,103 @@
+"""Upstream providers: one module each behind one small interface.
+
+``openai``: any OpenAI-compatible HTTP upstream (OpenAI, vLLM, Ollama, TGI).
+``local``: in-process models from a local directory (transformers causal LM,
+sentence-transformers embeddings). ``mock``: deterministic behaviour chosen by
+model name, for demos and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gateway.config import TargetSettings
+from gateway.types import Endpoint
+
+if TYPE_CHECKING:
+    import httpx
+
+
+class UpstreamFailure(Exception):
+    """What went wrong talking to a target; the router decides retry or fallback."""
+
+    def __init__(
+        self,
+        kind: str,  # timeout | connect | status | drop | unsupported
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        if self.kind in ("timeout", "connect", "drop"):
+            return True
+        return self.kind == "status" and self.status is not None and (self.status == 429 or self.status >= 500)
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """An open upstream SSE stream: ``events`` yields each event's ``data:`` payload."""
+
+    events: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        closer = getattr(self.events, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+class Provider(Protocol):
+    target: TargetSettings
+    capabilities: frozenset[str]
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """Non-streaming call; returns the OpenAI-shaped JSON reply."""
+        ...
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+        """Open a streaming call; returns once the upstream accepted it."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+def build_provider(target: TargetSettings, client: httpx.AsyncClient) -> Provider:
+    if target.provider == "openai":
+        from gateway.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(target, client)
+    if target.provider == "mock":
+        from gateway.providers.mock import MockProvider
+
+        return MockProvider(target)
+    if target.provider == "local":
+        from gateway.providers.local import LocalProvider
+
+        return LocalProvider(target)
+    raise ValueError(f"unknown provider {target.provider!r}")
+
+
+def split_sse(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Split complete SSE events off ``buffer``; returns (data payloads, remainder)."""
+    out: list[bytes] = []
+    buffer = buffer.replace(b"\r\n", b"\n")
+    *events, rest = buffer.split(b"\n\n")
+    for ev in events:
+        data = [line[5:].lstrip(b" ") for line in ev.split(b"\n") if line.startswith(b"data:")]
+        if data:
+            out.append(b"\n".join(data))
+    return out, rest

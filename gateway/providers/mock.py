@@ -1,0 +1,208 @@
+"""Deterministic provider for demos and tests; behaviour chosen by model name.
+
+=====================  ==========================================================
+model                  behaviour
+=====================  ==========================================================
+``echo``               replies with the last user message (or the prompt)
+``fixed:TEXT``         replies TEXT
+``words:N``            replies N words (benchmarks)
+``slow:MS``            waits MS milliseconds, then echoes
+``error:STATUS``       fails with HTTP STATUS (``error:429`` sends Retry-After: 0)
+``stream-then-drop``   streams a few chunks, then the connection breaks
+``judge-longer``       an arbiter: answers JSON choosing the longer of two answers
+=====================  ==========================================================
+
+The same engine backs the loopback fake upstream used by the tests, so a fault
+test reads like prose: route to ``error:503`` and watch the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.config import TargetSettings
+from gateway.providers import StreamReply, UpstreamFailure
+from gateway.types import Endpoint
+
+WORDS = "the quick brown fox jumps over the lazy dog while gatehouse checks every request".split()
+_JUDGE_RE = re.compile(r"(?:answer|response)\s*\[?A\]?\s*[:\]]?(.*?)(?:answer|response)\s*\[?B\]?\s*[:\]]?(.*)", re.I | re.S)
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    if "prompt" in body and "messages" not in body:
+        p = body["prompt"]
+        return p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p)
+    for msg in reversed(body.get("messages") or []):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    return len(text.split())
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        return sum(count_tokens(str(m.get("content", ""))) for m in msgs if isinstance(m, dict))
+    return count_tokens(last_user_text(body))
+
+
+def judge_longer(body: dict[str, Any]) -> str:
+    text = "\n".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, dict))
+    m = _JUDGE_RE.search(text)
+    a, b = (m.group(1).strip(), m.group(2).strip()) if m else ("", "")
+    choice = "tie" if len(a) == len(b) else ("A" if len(a) > len(b) else "B")
+    return orjson.dumps(
+        {"choice": choice, "explanation": f"answer {choice} is longer" if choice != "tie" else "same length", "confidence": 0.9}
+    ).decode()
+
+
+def reply_text(model: str, body: dict[str, Any]) -> str:
+    if model.startswith("fixed:"):
+        return model[len("fixed:"):]
+    if model.startswith("words:"):
+        n = int(model[len("words:"):] or 16)
+        return " ".join(WORDS[i % len(WORDS)] for i in range(n))
+    if model == "judge-longer":
+        return judge_longer(body)
+    return last_user_text(body)
+
+
+def mock_embedding(text: str, dim: int = 16) -> list[float]:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+class MockEngine:
+    """Builds OpenAI-shaped replies; shared by the provider and the test fake upstream."""
+
+    def check_fault(self, model: str) -> None:
+        if model.startswith("error:"):
+            status = int(model.split(":", 1)[1])
+            raise UpstreamFailure(
+                "status", f"mock upstream error {status}", status=status, retry_after=0.0 if status == 429 else None
+            )
+
+    async def delay(self, model: str) -> None:
+        if model.startswith("slow:"):
+            await asyncio.sleep(int(model.split(":", 1)[1]) / 1000)
+
+    def complete(self, endpoint: Endpoint, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        created = int(time.time())
+        if endpoint == "embeddings":
+            inputs = body.get("input")
+            items = [inputs] if isinstance(inputs, str) else list(inputs or [])
+            data = []
+            for i, text in enumerate(items):
+                vec = mock_embedding(str(text))
+                emb: Any = vec
+                if body.get("encoding_format") == "base64":
+                    emb = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+                data.append({"object": "embedding", "index": i, "embedding": emb})
+            n = sum(count_tokens(str(t)) for t in items)
+            return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        text = reply_text(model, body)
+        pt, ct = prompt_tokens(body), count_tokens(text)
+        usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        if endpoint == "completions":
+            return {
+                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+        }
+
+    async def stream_events(self, endpoint: Endpoint, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """SSE data payloads, ending with ``[DONE]``."""
+        text = reply_text(model, body)
+        words = text.split(" ") if text else []
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        chat = endpoint == "chat"
+
+        def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> bytes:
+            if chat:
+                d: dict[str, Any] = {}
+                if role:
+                    d["role"] = "assistant"
+                if delta is not None:
+                    d["content"] = delta
+                choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+                return orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]})
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            return orjson.dumps({"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [choice]})
+
+        yield chunk("", role=True)
+        for i, w in enumerate(words):
+            if model == "stream-then-drop" and i == 3:
+                raise UpstreamFailure("drop", "mock upstream dropped the stream")
+            yield chunk(w if i == 0 else " " + w)
+            await asyncio.sleep(0)
+        yield chunk(None, "stop")
+        opts = body.get("stream_options") or {}
+        if opts.get("include_usage"):
+            pt, ct = prompt_tokens(body), count_tokens(text)
+            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            yield orjson.dumps({"id": cid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage})
+        yield b"[DONE]"
+
+
+class MockProvider:
+    def __init__(self, target: TargetSettings) -> None:
+        self.target = target
+        self.engine = MockEngine()
+        caps = target.capabilities or ("chat", "completions", "embeddings", "streaming")
+        self.capabilities = frozenset(caps)
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        model = self.target.model
+        await self.engine.delay(model)
+        self.engine.check_fault(model)
+        return self.engine.complete(endpoint, model, body)
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+        model = self.target.model
+        await self.engine.delay(model)
+        self.engine.check_fault(model)
+        return StreamReply(self.engine.stream_events(endpoint, model, body))
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,134 @@
+"""Any OpenAI-compatible HTTP upstream, over the app's shared httpx client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import TargetSettings
+from gateway.providers import StreamReply, UpstreamFailure, split_sse
+from gateway.types import Endpoint
+
+PATHS: dict[str, str] = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_from(resp: httpx.Response, content: bytes) -> UpstreamFailure:
+    body: dict[str, Any] | None = None
+    message = f"upstream returned HTTP {resp.status_code}"
+    try:
+        parsed = orjson.loads(content)
+        if isinstance(parsed, dict):
+            body = parsed
+            err = parsed.get("error")
+            if isinstance(err, dict) and err.get("message"):
+                message = str(err["message"])
+            elif isinstance(err, str):
+                message = err
+    except orjson.JSONDecodeError:
+        if content:
+            message = f"{message}: {content[:200].decode(errors='replace')}"
+    return UpstreamFailure("status", message, status=resp.status_code, retry_after=_retry_after(resp.headers), body=body)
+
+
+class OpenAIProvider:
+    def __init__(self, target: TargetSettings, client: httpx.AsyncClient) -> None:
+        self.target = target
+        self.client = client
+        self.base_url = (target.base_url or "").rstrip("/")
+        caps = target.capabilities or ("chat", "completions", "embeddings", "streaming")
+        self.capabilities = frozenset(caps)
+        headers = {"content-type": "application/json", **target.headers}
+        if target.api_key is not None and target.api_key.get_secret_value():
+            headers["authorization"] = f"Bearer {target.api_key.get_secret_value()}"
+        self.headers = headers
+        t = target.timeouts
+        # read covers the whole reply; the router enforces first-token and total deadlines
+        self.timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.connect, pool=t.connect)
+
+    def _request(self, endpoint: Endpoint, body: dict[str, Any]) -> httpx.Request:
+        payload = dict(body)
+        payload["model"] = self.target.model
+        return self.client.build_request(
+            "POST",
+            self.base_url + PATHS[endpoint],
+            content=orjson.dumps(payload),
+            headers=self.headers,
+            timeout=self.timeout,
+        )
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = await self.client.send(self._request(endpoint, body))
+        except httpx.ConnectError as exc:
+            raise UpstreamFailure("connect", f"cannot connect to {self.base_url}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+            raise UpstreamFailure(kind, f"{self.base_url}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamFailure("drop", f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+        content = resp.content
+        if resp.status_code >= 400:
+            raise _error_from(resp, content)
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFailure("status", "upstream returned invalid JSON", status=502) from exc
+        if not isinstance(data, dict):
+            raise UpstreamFailure("status", "upstream returned a non-object JSON body", status=502)
+        return data
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+        try:
+            resp = await self.client.send(self._request(endpoint, body), stream=True)
+        except httpx.ConnectError as exc:
+            raise UpstreamFailure("connect", f"cannot connect to {self.base_url}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
+            raise UpstreamFailure(kind, f"{self.base_url}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamFailure("drop", f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                content = await resp.aread()
+            finally:
+                await resp.aclose()
+            raise _error_from(resp, content)
+        return StreamReply(self._events(resp))
+
+    async def _events(self, resp: httpx.Response) -> AsyncIterator[bytes]:
+        buf = b""
+        try:
+            async for chunk in resp.aiter_raw():
+                buf += chunk
+                if b"\n\n" not in buf and b"\r\n\r\n" not in buf:
+                    continue
+                events, buf = split_sse(buf)
+                for ev in events:
+                    yield ev
+        except httpx.TransportError as exc:
+            raise UpstreamFailure("drop", f"upstream stream broke: {type(exc).__name__}") from exc
+        finally:
+            await resp.aclose()
+        if buf.strip():
+            events, _ = split_sse(buf + b"\n\n")
+            for ev in events:
+                yield ev
+
+    async def ready(self) -> bool:
+        return True  # reachability is learnt from traffic (circuit breaker), not probed
+
+    async def aclose(self) -> None:
+        return None  # the shared client is closed by the app

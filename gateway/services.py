@@ -1,0 +1,34 @@
+"""Process-wide services built once in the lifespan and handed to stages."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings
+from gateway.metrics import Metrics
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    redis: Any = None  # redis.asyncio.Redis when redis.url is set
+    config_path: Path | None = None
+    _embedder: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def embedder(self) -> Any:
+        """The process-wide sentence embedder (shared by safety scoring and grounding)."""
+        with self._lock:
+            if self._embedder is None:
+                from evaluators.embedding import shared_embedder
+
+                path = self.settings.grounding.embedder
+                self._embedder = shared_embedder(self.settings.resolve_path(path) if path else None)
+            return self._embedder
+
+    def redis_key(self, *parts: str) -> str:
+        return self.settings.redis.key_prefix + ":".join(parts)

@@ -1,0 +1,235 @@
+"""The traffic log: one record per request, written off the request path.
+
+``TrafficLog.emit`` is a non-blocking put on a bounded queue; a writer task
+drains it in batches to the configured sink. A full queue drops the record and
+counts it in ``gatehouse_log_records_dropped_total`` (never silently); a sink
+failure keeps the batch and retries it; shutdown drains the queue.
+
+Sinks: ``JsonlSink`` (embedded default, size-based rotation, one JSON object a
+line, written by one writer so lines never interleave) and ``RedisStreamSink``
+(``XADD`` with approximate ``MAXLEN``, readable by consumer groups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.config import Settings, TrafficLogSettings
+from gateway.metrics import Metrics
+from gateway.types import TrafficRecord
+
+log = logging.getLogger("gatehouse.trafficlog")
+
+
+def encode(record: TrafficRecord) -> bytes:
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Sink(Protocol):
+    name: str
+
+    async def write(self, lines: list[bytes]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class JsonlSink:
+    """Append JSON lines to a file; rotate to ``.1`` .. ``.N`` past ``max_bytes``."""
+
+    name = "jsonl"
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "ab")  # noqa: SIM115 - kept open for the sink's life
+        self._size = self._fh.tell()
+
+    def _write_sync(self, lines: list[bytes]) -> None:
+        data = b"".join(line + b"\n" for line in lines)
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        self._fh.write(data)
+        self._fh.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._fh.close()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                src = self.path.with_name(f"{self.path.name}.{i}")
+                if src.exists():
+                    os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._fh = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    async def write(self, lines: list[bytes]) -> None:
+        # small appends to a local file: cheaper inline than a thread hop
+        self._write_sync(lines)
+
+    async def aclose(self) -> None:
+        self._fh.close()
+
+
+class RedisStreamSink:
+    name = "redis"
+
+    def __init__(self, redis: Any, stream: str, maxlen: int) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.maxlen = maxlen
+
+    async def write(self, lines: list[bytes]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for line in lines:
+            pipe.xadd(self.stream, {"record": line}, maxlen=self.maxlen, approximate=True)
+        await pipe.execute()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class NullSink:
+    name = "none"
+
+    async def write(self, lines: list[bytes]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class TrafficLog:
+    def __init__(self, sink: Sink, metrics: Metrics, queue_size: int, batch_size: int, log_bodies: bool) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.log_bodies = log_bodies
+        self.batch_size = batch_size
+        self._queue: asyncio.Queue[TrafficRecord] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="traffic-log")
+
+    def emit(self, record: TrafficRecord) -> None:
+        if not self.log_bodies:
+            record.request_body = None
+            record.response_body = None
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.metrics.log_dropped.inc()
+
+    async def _run(self) -> None:
+        q = self._queue
+        while True:
+            batch = [await q.get()]
+            while len(batch) < self.batch_size and not q.empty():
+                batch.append(q.get_nowait())
+            await self._write(batch)
+
+    async def _write(self, batch: list[TrafficRecord]) -> None:
+        lines = [encode(r) for r in batch]
+        delay = 0.05
+        while True:
+            try:
+                await self.sink.write(lines)
+                self.written += len(lines)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the batch and retry: a record is never lost quietly
+                self.metrics.log_errors.labels(self.sink.name).inc()
+                log.warning("traffic log sink %s failed (%s); retrying %d records", self.sink.name, exc, len(lines))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Stop the writer and flush whatever is queued."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        pending: list[TrafficRecord] = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        if pending:
+            try:
+                await asyncio.wait_for(self._write(pending), timeout)
+            except TimeoutError:
+                self.dropped += len(pending)
+                self.metrics.log_dropped.inc(len(pending))
+                log.error("traffic log: %d records could not be flushed at shutdown", len(pending))
+        await self.sink.aclose()
+
+
+def build_sink(cfg: TrafficLogSettings, settings: Settings, redis: Any) -> Sink:
+    if cfg.sink == "jsonl":
+        return JsonlSink(settings.resolve_path(cfg.path), cfg.max_bytes, cfg.backups)
+    if cfg.sink == "redis":
+        if redis is None:
+            raise ValueError("traffic_log.sink is `redis` but redis.url is not set")
+        return RedisStreamSink(redis, stream_key(settings), cfg.maxlen)
+    return NullSink()
+
+
+def stream_key(settings: Settings) -> str:
+    s = settings.traffic_log.stream
+    p = settings.redis.key_prefix
+    return s if s.startswith(p) else p + s
+
+
+# ---- reading back (``gatehouse logs tail``) --------------------------------------------
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL log and its rotated backups, oldest first; a torn last line is skipped."""
+    files = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+    for f in [*files, path]:
+        if not f.exists():
+            continue
+        with open(f, "rb") as fh:
+            for line in fh:
+                if line.endswith(b"\n"):
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        yield orjson.loads(line)
+
+
+async def follow_jsonl(path: Path, poll: float = 0.25) -> AsyncIterator[dict[str, Any]]:
+    """Yield new records appended to ``path`` (follows rotation)."""
+    pos = path.stat().st_size if path.exists() else 0
+    ino = path.stat().st_ino if path.exists() else None
+    buf = b""
+    while True:
+        if path.exists():
+            st = path.stat()
+            if st.st_ino != ino or st.st_size < pos:
+                ino, pos, buf = st.st_ino, 0, b""
+            if st.st_size > pos:
+                with open(path, "rb") as fh:
+                    fh.seek(pos)
+                    data = fh.read()
+                pos += len(data)
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line:
+                        with contextlib.suppress(orjson.JSONDecodeError):
+                            yield orjson.loads(line)
+                continue
+        await asyncio.sleep(poll)

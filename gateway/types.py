@@ -1,0 +1,175 @@
+"""Internal types the request path is built from.
+
+The OpenAI-shaped handlers turn an HTTP request into a ``RequestContext``;
+stages (guardrails, prompts, grounding, cache) and routing see only that, and
+every request leaves exactly one ``TrafficRecord`` behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One check's outcome on one piece of text (a guardrail firing or not)."""
+
+    rule: str
+    check: str
+    category: str
+    score: float
+    action: str  # block | flag | redact | shadow | pass
+    direction: str  # input | output
+    latency_ms: float = 0.0
+    detail: dict[str, Any] | None = None  # e.g. recitation source and matched span
+
+
+@dataclass(slots=True)
+class TrafficRecord:
+    """One typed record per request; later stages fill their fields in."""
+
+    request_id: str
+    ts_start: float
+    endpoint: str
+    ts_end: float = 0.0
+    tenant: str | None = None
+    key_id: str | None = None
+    model: str | None = None  # public model name (route)
+    target: str | None = None
+    variant: str | None = None
+    attempts: int = 0
+    stream: bool = False
+    status: int = 0
+    error_kind: str | None = None
+    error_message: str | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    overhead_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    finish_reason: str | None = None
+    user: str | None = None
+    # filled by later stages
+    prompt_id: str | None = None
+    prompt_version: str | None = None
+    policy_version: str | None = None
+    grounding_index: str | None = None
+    grounding_chunk_ids: list[str] | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    cache_hit: bool | None = None
+    # only when config says so (traffic_log.log_bodies)
+    request_body: Any = None
+    response_body: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who is calling: resolved by auth from the API key."""
+
+    tenant: str
+    key_id: str
+    models: tuple[str, ...] = ("*",)  # allowed public model names; "*" = all
+    policy: str | None = None
+    scopes: tuple[str, ...] = ()
+
+    def may_use(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything a stage may read or change about one request."""
+
+    request_id: str
+    endpoint: Endpoint
+    caller: Caller
+    body: dict[str, Any]  # parsed JSON; stages may rewrite (messages, model params)
+    headers: dict[str, str]  # request headers, lower-cased names
+    record: TrafficRecord
+    t0: float = field(default_factory=time.perf_counter)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # upstream time, subtracted to get gateway overhead
+    upstream_seconds: float = 0.0
+    # free-form scratch space for stages, keyed by stage name
+    state: dict[str, Any] = field(default_factory=dict)
+    # a stage that answers by itself (a cache hit) sets this; routing is skipped
+    short_circuit: dict[str, Any] | None = None
+
+    @property
+    def model(self) -> str:
+        return str(self.body.get("model", ""))
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream", False))
+
+
+@runtime_checkable
+class StreamFilter(Protocol):
+    """Inspects the text of a streamed reply before the client sees it.
+
+    ``feed`` gets each upstream chunk (parsed SSE JSON) with its text delta and
+    returns the chunks now safe to release, in order; ``finish`` is called at
+    the end of the stream and returns what was still held back. Either may
+    raise ``StreamBlocked`` to end the stream with ``finish_reason:
+    content_filter``.
+    """
+
+    async def feed(self, chunk: dict[str, Any], text: str) -> list[dict[str, Any]]: ...
+
+    async def finish(self) -> list[dict[str, Any]]: ...
+
+
+class StreamBlocked(Exception):
+    def __init__(self, message: str, *, rule: str, category: str, detail: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.rule = rule
+        self.category = category
+        self.detail = detail or {}
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A step of the request pipeline (prompt injection, grounding, guardrails, cache).
+
+    Stages run in configured order on the way in (``on_request``, may rewrite
+    ``ctx.body`` or raise ``GatewayError``) and in reverse on the way out
+    (``on_response`` for whole replies, ``stream_filter`` for streams).
+    """
+
+    name: str
+
+    async def on_request(self, ctx: RequestContext) -> None: ...
+
+    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None: ...
+
+
+class BaseStage:
+    """Convenience base: every hook is a no-op."""
+
+    name = "stage"
+
+    async def on_request(self, ctx: RequestContext) -> None:
+        return None
+
+    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
+        return response
+
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+Chunks = AsyncIterator[bytes]
