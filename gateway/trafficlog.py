@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -42,7 +43,12 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    """Append JSON lines to a file; rotate to ``.1`` .. ``.N`` past ``max_bytes``."""
+    """Append JSON lines to a file; rotate to ``.1`` .. ``.N`` past ``max_bytes``.
+
+    Several workers may share the file: each batch is one ``write`` on an
+    ``O_APPEND`` descriptor under an exclusive ``flock``, and a worker that finds
+    the path rotated by another reopens it, so lines never interleave or vanish.
+    """
 
     name = "jsonl"
 
@@ -51,19 +57,34 @@ class JsonlSink:
         self.max_bytes = max_bytes
         self.backups = backups
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "ab")  # noqa: SIM115 - kept open for the sink's life
-        self._size = self._fh.tell()
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _write_sync(self, lines: list[bytes]) -> None:
         data = b"".join(line + b"\n" for line in lines)
-        if self._size and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        self._fh.write(data)
-        self._fh.flush()
-        self._size += len(data)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is None or current.st_ino != os.fstat(self._fd).st_ino:
+                os.close(self._fd)  # another worker rotated the file
+                self._fd = self._open()
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                current = os.fstat(self._fd)
+            if current.st_size and current.st_size + len(data) > self.max_bytes:
+                self._rotate()
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _rotate(self) -> None:
-        self._fh.close()
         if self.backups > 0:
             for i in range(self.backups - 1, 0, -1):
                 src = self.path.with_name(f"{self.path.name}.{i}")
@@ -72,15 +93,18 @@ class JsonlSink:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._fh = open(self.path, "ab")  # noqa: SIM115
-        self._size = 0
+        old = self._fd
+        self._fd = self._open()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        fcntl.flock(old, fcntl.LOCK_UN)
+        os.close(old)
 
     async def write(self, lines: list[bytes]) -> None:
         # small appends to a local file: cheaper inline than a thread hop
         self._write_sync(lines)
 
     async def aclose(self) -> None:
-        self._fh.close()
+        os.close(self._fd)
 
 
 class RedisStreamSink:

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.support import FakeUpstream, ServerThread  # noqa: E402
+
+REDIS_URL = os.environ.get("GATEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[tuple[str, FakeUpstream]]:
+    up = FakeUpstream()
+    srv = ServerThread(up).start()
+    try:
+        yield srv.url, up
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A per-test key prefix; every key under it is deleted afterwards (never FLUSHALL)."""
+    import redis
+
+    prefix = f"gh-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(r.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            r.delete(*keys)
+    finally:
+        r.close()

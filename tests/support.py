@@ -1,0 +1,188 @@
+"""Test harness: real servers on loopback, a fake upstream keyed by model name.
+
+- ``serve_app(app)``: uvicorn on a free 127.0.0.1 port in a thread; stopped on exit.
+- ``FakeUpstream``: an OpenAI-compatible HTTP server. Its behaviour is chosen by
+  the upstream model name, so a fault test reads like prose: ``echo``,
+  ``fixed:TEXT``, ``slow:MS``, ``error:503``, ``flaky:503:2`` (fails twice, then
+  answers), ``stream-then-drop`` (the TCP connection breaks mid-stream) and
+  ``hang-stream`` (one chunk, then nothing until the client leaves; the server
+  records that it saw the disconnect).
+- ``make_settings(...)``: gateway settings for a test, API key ``sk-test``.
+- ``gateway(settings)``: a real gateway on a free port -> (base_url, app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import uvicorn
+
+from gateway.app import Gatehouse, create_app
+from gateway.config import Settings, parse_settings
+from gateway.providers import UpstreamFailure
+from gateway.providers.mock import MockEngine
+
+API_KEY = "sk-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                loop="asyncio", http="h11", access_log=False, timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server failed to start (see log above)")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start within 60 s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def serve_app(app: Any, port: int | None = None) -> Iterator[ServerThread]:
+    srv = ServerThread(app, port).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+class FakeUpstream:
+    """A raw-ASGI OpenAI-compatible server (so it can break connections on purpose)."""
+
+    def __init__(self) -> None:
+        self.engine = MockEngine()
+        self.calls: Counter[str] = Counter()
+        self.requests: list[dict[str, Any]] = []
+        self.disconnected = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        path = scope["path"]
+        endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}.get(path)
+        if endpoint is None:
+            await self._json(send, 404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+            return
+        req = orjson.loads(body)
+        self.requests.append(req)
+        model = str(req.get("model"))
+        self.calls[model] += 1
+        if model.startswith("flaky:"):
+            _, status, n = model.split(":")
+            if self.calls[model] <= int(n):
+                await self._json(send, int(status), {"error": {"message": "flaky upstream", "type": "server_error"}}, retry_after="0")
+                return
+            model = "echo"
+        if model.startswith("bad-request"):
+            await self._json(send, 400, {"error": {"message": "upstream says: temperature too spicy", "type": "invalid_request_error", "param": "temperature", "code": "bad_temp"}})
+            return
+        try:
+            await self.engine.delay(model)
+            self.engine.check_fault(model)
+        except UpstreamFailure as f:
+            await self._json(send, f.status or 500, {"error": {"message": f.message, "type": "server_error"}},
+                             retry_after=None if f.retry_after is None else str(int(f.retry_after)))
+            return
+        if not req.get("stream"):
+            await self._json(send, 200, self.engine.complete(endpoint, model, req))  # type: ignore[arg-type]
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if model == "hang-stream":
+            await send({"type": "http.response.body", "body": b'data: {"id":"x","object":"chat.completion.chunk","created":0,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"wait"},"finish_reason":null}]}\n\n', "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.disconnected.set()
+            return
+        try:
+            async for ev in self.engine.stream_events(endpoint, model, req):  # type: ignore[arg-type]
+                await send({"type": "http.response.body", "body": b"data: " + ev + b"\n\n", "more_body": True})
+        except UpstreamFailure:
+            raise RuntimeError("fake upstream breaks the connection mid-stream") from None
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _json(send: Any, status: int, obj: Any, retry_after: str | None = None) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if retry_after is not None:
+            headers.append((b"retry-after", retry_after.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+
+
+def target(upstream_url: str, model: str, name: str | None = None, **kw: Any) -> dict[str, Any]:
+    t = {"name": name or model, "provider": "openai", "base_url": upstream_url + "/v1", "model": model, "api_key": "sk-upstream"}
+    t.update(kw)
+    return t
+
+
+def make_settings(routes: list[dict[str, Any]], **sections: Any) -> Settings:
+    raw: dict[str, Any] = {
+        "auth": {"keys": [{"id": "test-key", "tenant": "test", "key": API_KEY}]},
+        "routes": routes,
+        "traffic_log": {"sink": "none"},
+        "safety": {"backend": "none"},
+    }
+    for k, v in sections.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k] = {**raw[k], **v}
+        else:
+            raw[k] = v
+    return parse_settings(raw, "<test>")
+
+
+@contextlib.contextmanager
+def gateway(settings: Settings, **kw: Any) -> Iterator[tuple[str, Gatehouse]]:
+    app = create_app(settings, **kw)
+    with serve_app(app) as srv:
+        yield srv.url, app
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll ``predicate`` until it is true (for effects with no event to await)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
