@@ -163,9 +163,10 @@ async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
     if rt.log_bodies:
         ctx.record.request_body = ctx.body
     for stage in rt.stages:
-        await stage.on_request(ctx)
-        if ctx.short_circuit is not None:
-            break
+        # a stage that answered (a cache hit) skips the rest, except stages that must see
+        # every request (input guardrails: a policy tightened after caching still applies)
+        if ctx.short_circuit is None or getattr(stage, "runs_on_short_circuit", False):
+            await stage.on_request(ctx)
     return route
 
 

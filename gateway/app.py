@@ -105,8 +105,16 @@ class Runtime:
             self._config_mtime = self.config_path.stat().st_mtime
             self._bg.append(asyncio.get_running_loop().create_task(self._watch_config(), name="config-watch"))
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.started = True
+
+    def _on_sighup(self) -> None:
+        """SIGHUP: reload the config's routes and let stages reload their own files (policies)."""
+        asyncio.ensure_future(self.reload())
+        for stage in self.stages:
+            hook = getattr(stage, "on_sighup", None)
+            if hook is not None:
+                hook()
 
     async def shutdown(self) -> None:
         for t in self._bg:

@@ -158,6 +158,7 @@ class BaseStage:
     """Convenience base: every hook is a no-op."""
 
     name = "stage"
+    runs_on_short_circuit = False  # True: on_request runs even after an earlier stage answered
 
     async def on_request(self, ctx: RequestContext) -> None:
         return None

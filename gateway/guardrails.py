@@ -1,0 +1,509 @@
+"""The inline guardrail stage: policy checks on requests, replies and streams.
+
+Input (``on_request``): every user message (chat), prompt (completions) or
+input (embeddings) is checked separately and concurrently. ``block`` raises
+400 ``content_policy_violation`` with the rule and category; ``redact``
+rewrites the text in ``ctx.body`` before routing; ``flag``/``shadow`` only
+record verdicts.
+
+Output, whole reply (``on_response``): a blocked choice follows the OpenAI
+convention for output filtering: HTTP 200, ``finish_reason: "content_filter"``
+and empty content (the request was valid and the upstream already ran, so it
+is not a client error), plus ``content_filter_results`` on the choice naming
+the rule and category, as Azure OpenAI does. Streams end the same way, so a
+client handles one signal for both.
+
+Output, streamed (``stream_filter``): a hold-back filter releases text only
+after the window containing it has been checked, carrying the tail of the
+released text into the next window so a phrase split across windows is still
+seen whole. A violation raises ``StreamBlocked``; the handler then ends the
+stream with ``finish_reason: content_filter`` and an SSE error naming the rule
+(and, for recitation, the source).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluators.pii import redact
+from gateway.errors import ErrorKind, GatewayError
+from gateway.types import BaseStage, RequestContext, StreamBlocked, Verdict
+from policies.engine import Engine, Outcome
+from policies.policy_set import PolicySet, Rule
+from policies.reload import PolicyWatcher
+
+log = logging.getLogger("gatehouse.guardrails")
+
+POLICY_HEADER = "x-gatehouse-policy"
+VERDICTS_HEADER = "x-gatehouse-verdicts"
+MAX_VERDICTS_HEADER = 4000  # bytes; proxies commonly reject headers over 8 KiB
+CHECK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+HOLDBACK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class _NoMetric:
+    def labels(self, *a: Any, **k: Any) -> _NoMetric:
+        return self
+
+    def inc(self, *a: Any) -> None: ...
+
+    def observe(self, *a: Any) -> None: ...
+
+
+@dataclass
+class GuardrailMetrics:
+    checks: Any = field(default_factory=_NoMetric)
+    latency: Any = field(default_factory=_NoMetric)
+    batch: Any = field(default_factory=_NoMetric)
+    reloads: Any = field(default_factory=_NoMetric)
+    holdback: Any = field(default_factory=_NoMetric)
+
+    @classmethod
+    def register(cls, metrics: Any) -> GuardrailMetrics:
+        if metrics is None:
+            return cls()
+        return cls(
+            checks=metrics.counter("guardrail_checks_total", "Guardrail check outcomes by check type and action", ("check", "action")),
+            latency=metrics.histogram("guardrail_latency_seconds", "Time per guardrail check", ("check",), CHECK_BUCKETS),
+            batch=metrics.histogram("guardrail_batch_size", "Texts per safety-model batch", (), BATCH_BUCKETS),
+            reloads=metrics.counter("policy_reloads_total", "Policy reloads by result (success, unchanged, error)", ("result",)),
+            holdback=metrics.histogram("stream_holdback_seconds", "Time streamed text is held back for checking", (), HOLDBACK_BUCKETS),
+        )
+
+    def observe(self, v: Verdict) -> None:
+        self.checks.labels(v.check, "error" if v.category == "error" else v.action).inc()
+        self.latency.labels(v.check).observe(v.latency_ms / 1000.0)
+
+
+@dataclass(slots=True)
+class _RequestState:
+    policies: PolicySet
+    policy: str | None
+    exposed: list[Verdict] = field(default_factory=list)
+
+
+# ---- where the text lives in a request / reply -------------------------------------------
+
+Setter = Callable[[str], None]
+
+
+def _input_texts(ctx: RequestContext) -> tuple[str, list[tuple[str, Setter]]]:
+    """(param name, [(text, setter)]) for the caller-supplied text of a request."""
+    body = ctx.body
+    out: list[tuple[str, Setter]] = []
+
+    def item_setter(container: Any, key: Any) -> Setter:
+        def set_(v: str) -> None:
+            container[key] = v
+
+        return set_
+
+    if ctx.endpoint == "chat":
+        for msg in body.get("messages") or []:
+            if not isinstance(msg, dict) or msg.get("role") != "user":
+                continue  # system prompts and grounding are the app's; assistant turns were checked as output
+            content = msg.get("content")
+            if isinstance(content, str):
+                out.append((content, item_setter(msg, "content")))
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                        out.append((part["text"], item_setter(part, "text")))
+        return "messages", out
+    key = "prompt" if ctx.endpoint == "completions" else "input"
+    value = body.get(key)
+    if isinstance(value, str):
+        out.append((value, item_setter(body, key)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if isinstance(v, str):
+                out.append((v, item_setter(value, i)))
+    return key, out
+
+
+def _choice_text(choice: dict[str, Any]) -> str | None:
+    msg = choice.get("message")
+    if isinstance(msg, dict):
+        c = msg.get("content")
+        return c if isinstance(c, str) else None
+    t = choice.get("text")
+    return t if isinstance(t, str) else None
+
+
+def _set_choice_text(choice: dict[str, Any], text: str) -> None:
+    if isinstance(choice.get("message"), dict):
+        choice["message"]["content"] = text
+    else:
+        choice["text"] = text
+
+
+def _set_chunk_text(chunk: dict[str, Any], text: str) -> None:
+    for c in chunk.get("choices") or []:
+        delta = c.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            delta["content"] = text
+            text = ""
+        elif isinstance(c.get("text"), str):
+            c["text"] = text
+            text = ""
+
+
+def _public_detail(v: Verdict) -> dict[str, Any]:
+    """What a client may see about a verdict: never the matched text itself."""
+    d = v.detail or {}
+    out: dict[str, Any] = {}
+    if "source" in d:
+        out["source"] = d["source"]
+    if v.check == "pii" and "entities" in d:
+        out["entities"] = d["entities"]
+    return out
+
+
+def _compact(verdicts: list[Verdict]) -> str:
+    items = []
+    for v in verdicts:
+        item: dict[str, Any] = {"r": v.rule, "c": v.check, "cat": v.category, "a": v.action, "s": v.score, "d": v.direction[0]}
+        items.append(item)
+    raw = json.dumps(items, separators=(",", ":"))
+    while len(raw) > MAX_VERDICTS_HEADER and items:
+        items.pop()
+        raw = json.dumps([*items, {"truncated": True}], separators=(",", ":"))
+    return raw
+
+
+def _block_message(v: Verdict, where: str) -> str:
+    msg = f"{where} blocked by policy rule '{v.rule}' ({v.check}: {v.category})"
+    if v.category == "error":
+        msg += "; the check could not run and the rule fails closed"
+    source = (v.detail or {}).get("source")
+    if source:
+        msg += f"; it recites '{source}'"
+    return msg + "."
+
+
+def _worst(outcomes: list[Outcome]) -> Outcome:
+    from policies.engine import SEVERITY
+
+    best = Outcome()
+    for o in outcomes:
+        if SEVERITY.get(o.action, 0) > SEVERITY.get(best.action, 0):
+            best = o
+    return best
+
+
+# ---- the stage ---------------------------------------------------------------------------
+
+class GuardrailStage(BaseStage):
+    name = "guardrails"
+    runs_on_short_circuit = True  # input checks apply to cache hits too
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        metrics: GuardrailMetrics | None = None,
+        default_policy: str | None = None,
+        watcher: PolicyWatcher | None = None,
+        model_loader: Callable[[PolicySet], Any] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics or GuardrailMetrics()
+        self.default_policy = default_policy
+        self.watcher = watcher
+        self._model_loader = model_loader
+
+    @property
+    def policies(self) -> PolicySet:
+        return self.engine.policies
+
+    async def set_policies(self, policies: PolicySet) -> None:
+        """Swap the live policies (hot reload); loads models a new check type needs first."""
+        if self._model_loader is not None:
+            res = self._model_loader(policies)
+            if inspect.isawaitable(res):
+                await res
+        self.engine.policies = policies
+
+    def on_sighup(self) -> None:
+        """For the app's SIGHUP handler: reload policy files now."""
+        if self.watcher is not None:
+            self.watcher.request_reload("sighup")
+
+    async def aclose(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.aclose()
+        for model in (self.engine.safety, self.engine.recitation):
+            closer = getattr(model, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    log.exception("closing %r failed", model)
+
+    # -- helpers -----------------------------------------------------------
+
+    def _state(self, ctx: RequestContext) -> _RequestState:
+        st = ctx.state.get(self.name)
+        if st is None:
+            # one snapshot per request: a reload mid-request doesn't mix versions
+            ps = self.engine.policies
+            policy = ctx.caller.policy or self.default_policy
+            if policy is not None and not ps.has_policy(policy):
+                raise GatewayError(
+                    ErrorKind.UNAVAILABLE,
+                    f"policy '{policy}' assigned to this key is not loaded; refusing to run unguarded.",
+                    headers={POLICY_HEADER: ps.version},
+                )
+            st = ctx.state[self.name] = _RequestState(ps, policy)
+            ctx.record.policy_version = ps.version
+            ctx.response_headers[POLICY_HEADER] = ps.version
+        return st
+
+    def _rules(self, ctx: RequestContext, st: _RequestState, direction: str) -> list[Rule]:
+        c = ctx.caller
+        return st.policies.resolve(c.tenant, c.key_id, ctx.model, direction, policy=st.policy)
+
+    def _record(self, ctx: RequestContext, st: _RequestState, rules: list[Rule], verdicts: list[Verdict]) -> None:
+        ctx.record.verdicts.extend(verdicts)
+        exposing = {r.id for r in rules if r.expose_verdicts}
+        if not exposing:
+            return
+        st.exposed.extend(v for v in verdicts if v.rule in exposing)
+        if st.exposed:
+            ctx.response_headers[VERDICTS_HEADER] = _compact(st.exposed)
+
+    # -- Stage hooks ---------------------------------------------------------
+
+    async def on_request(self, ctx: RequestContext) -> None:
+        st = self._state(ctx)
+        rules = self._rules(ctx, st, "input")
+        if not rules:
+            return
+        param, targets = _input_texts(ctx)
+        if not targets:
+            return
+        outcomes = await asyncio.gather(*(self.engine.evaluate_rules(rules, "input", t) for t, _ in targets))
+        self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
+        worst = _worst(list(outcomes))
+        if worst.blocked and worst.blocked_by is not None:
+            v = worst.blocked_by
+            raise GatewayError(
+                ErrorKind.CONTENT_POLICY,
+                _block_message(v, "The request was"),
+                param=param,
+                headers=dict(ctx.response_headers),
+                extra={"rule": v.rule, "category": v.category, **_public_detail(v)},
+            )
+        for (_, set_text), o in zip(targets, outcomes, strict=True):
+            if o.action == "redact":
+                set_text(o.text)
+
+    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
+        st = self._state(ctx)
+        rules = self._rules(ctx, st, "output")
+        choices = response.get("choices")
+        if not rules or not isinstance(choices, list):
+            return response
+        targets = [(c, t) for c in choices if isinstance(c, dict) and (t := _choice_text(c))]
+        if not targets:
+            return response
+        outcomes = await asyncio.gather(*(self.engine.evaluate_rules(rules, "output", t) for _, t in targets))
+        self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
+        for (choice, _), o in zip(targets, outcomes, strict=True):
+            if o.blocked and o.blocked_by is not None:
+                v = o.blocked_by
+                _set_choice_text(choice, "")
+                choice["finish_reason"] = "content_filter"
+                choice["content_filter_results"] = {
+                    v.category: {"filtered": True, "rule": v.rule, "check": v.check, **_public_detail(v)}
+                }
+                msg = choice.get("message")
+                if isinstance(msg, dict) and msg.get("tool_calls"):
+                    msg["tool_calls"] = None
+            elif o.action == "redact":
+                _set_choice_text(choice, o.text)
+        return response
+
+    def stream_filter(self, ctx: RequestContext) -> HoldbackFilter | None:
+        st = self._state(ctx)
+        rules = self._rules(ctx, st, "output")
+        if not rules:
+            return None
+        return HoldbackFilter(self, ctx, st, rules)
+
+
+class HoldbackFilter:
+    """Release streamed text only after the window containing it passed the checks.
+
+    Text is held until ``holdback_chars`` of new text are pending; then the
+    window (``context_chars`` of already released text + the new text) is
+    checked and, if it passes, the pending chunks are released in order.
+    Chunks without text queue behind pending text so order is kept.
+    With several rules the smallest hold-back and the largest context win.
+    """
+
+    def __init__(self, stage: GuardrailStage, ctx: RequestContext, st: _RequestState, rules: list[Rule]) -> None:
+        self.stage = stage
+        self.ctx = ctx
+        self.st = st
+        self.rules = rules
+        self.holdback = min(r.stream.holdback_chars for r in rules)
+        self.context_chars = max(r.stream.context_chars for r in rules)
+        self.pending: list[tuple[dict[str, Any], str, float]] = []
+        self.pending_chars = 0
+        self.context = ""
+        self.offset = 0  # characters of the reply already released
+        self._seen: set[tuple[str, str, str, str]] = set()
+
+    async def feed(self, chunk: dict[str, Any], text: str) -> list[dict[str, Any]]:
+        self.pending.append((chunk, text, time.perf_counter()))
+        self.pending_chars += len(text)
+        if self.pending_chars == 0 or self.pending_chars >= self.holdback:
+            return await self._flush()
+        return []
+
+    async def finish(self) -> list[dict[str, Any]]:
+        return await self._flush()
+
+    async def _flush(self) -> list[dict[str, Any]]:
+        new = "".join(t for _, t, _ in self.pending)
+        if new:
+            window = self.context + new
+            outcome = await self.stage.engine.evaluate_rules(self.rules, "output", window)
+            self._record(outcome, len(window))
+            if outcome.blocked and outcome.blocked_by is not None:
+                v = outcome.blocked_by
+                self.pending.clear()
+                self.pending_chars = 0
+                raise StreamBlocked(
+                    _block_message(v, "The reply was"), rule=v.rule, category=v.category, detail=_public_detail(v)
+                )
+            if outcome.action == "redact":
+                self._redact_pending(outcome, len(self.context))
+            self.context = window[-self.context_chars :] if self.context_chars else ""
+            self.offset += len(new)
+        now = time.perf_counter()
+        released = []
+        for chunk, text, t in self.pending:
+            if text:
+                self.stage.metrics.holdback.observe(now - t)
+            released.append(chunk)
+        self.pending.clear()
+        self.pending_chars = 0
+        return released
+
+    def _record(self, outcome: Outcome, window_len: int) -> None:
+        # windows overlap (the carried context), so a verdict is recorded once per stream
+        fresh = []
+        for v in outcome.fired():
+            key = (v.rule, v.check, v.category, v.action)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            start = self.offset - len(self.context)
+            v.detail = {**(v.detail or {}), "window": [start, start + window_len]}
+            fresh.append(v)
+        if fresh:
+            self.ctx.record.verdicts.extend(fresh)
+
+    def _redact_pending(self, outcome: Outcome, context_len: int) -> None:
+        """Rewrite the pending chunks; spans in already released context can't be taken back."""
+        new = "".join(t for _, t, _ in self.pending)
+        spans = [
+            (max(a - context_len, 0), b - context_len, repl)
+            for a, b, repl in outcome.redactions
+            if b > context_len
+        ]
+        redacted = redact(new, spans)
+        first = True
+        for chunk, text, _ in self.pending:
+            if not text:
+                continue
+            _set_chunk_text(chunk, redacted if first else "")
+            first = False
+
+
+# ---- factory -----------------------------------------------------------------------------
+
+async def build_stage(services: Any) -> GuardrailStage | None:
+    """The guardrail stage, or None when no policy paths are configured."""
+    settings = services.settings
+    cfg = settings.policies
+    if not cfg.paths:
+        return None
+    paths = [Path(settings.resolve_path(p)) for p in cfg.paths]
+    policies = await asyncio.to_thread(PolicySet.load, paths)  # a broken policy stops startup
+    metrics = GuardrailMetrics.register(getattr(services, "metrics", None))
+    engine = Engine(PolicySet.empty(), observe=metrics.observe)
+    loader = _ModelLoader(services, engine, metrics)
+    stage = GuardrailStage(engine, metrics=metrics, default_policy=cfg.default_policy, model_loader=loader)
+    await stage.set_policies(policies)
+    if cfg.default_policy and not policies.has_policy(cfg.default_policy):
+        log.warning("policies.default_policy %r is not defined in %s", cfg.default_policy, cfg.paths)
+    if cfg.reload:
+        redis = getattr(services, "redis", None)
+        prefix = settings.redis.key_prefix
+        stage.watcher = PolicyWatcher(
+            paths,
+            current=policies,
+            on_change=stage.set_policies,
+            on_result=lambda result: metrics.reloads.labels(result).inc(),
+            poll_seconds=cfg.poll_seconds,
+            redis=redis,
+            channel=f"{prefix}policies:reload",
+        )
+        await stage.watcher.start()
+    log.info("guardrails: %d rules, policy version %s", len(policies.rules), policies.version)
+    return stage
+
+
+class _ModelLoader:
+    """Load the safety scorer / recitation index the first time a policy needs them."""
+
+    def __init__(self, services: Any, engine: Engine, metrics: GuardrailMetrics) -> None:
+        self.services = services
+        self.engine = engine
+        self.metrics = metrics
+
+    async def __call__(self, policies: PolicySet) -> None:
+        settings = self.services.settings
+        if policies.needs("safety") and self.engine.safety is None:
+            if settings.safety.backend == "none":
+                log.warning("policies use `safety` checks but safety.backend is none: they follow on_error")
+            else:
+                try:
+                    self.engine.safety = await asyncio.to_thread(self._load_safety)
+                except Exception:
+                    # degrade loudly rather than refuse to start: each safety check then
+                    # follows its on_error (closed rules block, open rules pass with an
+                    # `error` verdict counted in guardrail_checks_total{action="error"})
+                    log.exception("could not load the safety scorer (safety.backend=%s)", settings.safety.backend)
+        if policies.needs("recitation") and self.engine.recitation is None:
+            if not settings.recitation.index:
+                log.warning("policies use `recitation` checks but recitation.index is unset: they follow on_error")
+            else:
+                from evaluators.recitation import RecitationIndex
+
+                path = settings.resolve_path(settings.recitation.index)
+                try:
+                    self.engine.recitation = await asyncio.to_thread(RecitationIndex.load, path)
+                except Exception:
+                    log.exception("could not load the recitation index %s", path)
+
+    def _load_safety(self) -> Any:
+        from evaluators.safety import load_scorer
+
+        settings = self.services.settings
+        embedder = None
+        if settings.safety.backend == "minilm-head" and hasattr(self.services, "embedder"):
+            embedder = self.services.embedder()
+        return load_scorer(settings.safety, settings.base_dir, embedder, on_batch=self.metrics.batch.observe)

@@ -1,0 +1,245 @@
+"""Evaluate the rules that apply to a piece of text and decide what to enforce.
+
+Every check of every applicable rule runs concurrently under its own timeout;
+model-backed checks (safety, recitation) are computed once per text and shared
+by all rules that use them. Each check leaves one ``Verdict``. The enforced
+action is the most severe one that fired: block > redact > flag > pass; a
+``shadow`` check is evaluated and recorded but never enforced. A check that
+fails or times out passes with an ``error`` verdict when ``on_error: open``
+and blocks when ``on_error: closed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from evaluators.pii import find_pii, redact
+from gateway.types import Verdict
+from policies.policy_set import BoundCheck, PolicySet, Rule
+
+log = logging.getLogger("gatehouse.policies")
+
+SEVERITY = {"pass": 0, "flag": 1, "redact": 2, "block": 3}
+
+
+class SafetyScorer(Protocol):
+    async def ascore(self, texts: list[str]) -> list[dict[str, float]]: ...
+
+
+class RecitationChecker(Protocol):
+    async def acheck(self, text: str) -> Any: ...  # RecitationMatch | None
+
+
+class CheckUnavailable(RuntimeError):
+    """The model a check needs is not loaded (e.g. ``safety.backend: none``)."""
+
+
+Span = tuple[int, int, str]  # start, end, replacement
+
+
+@dataclass(slots=True)
+class Outcome:
+    action: str = "pass"  # the enforced action: pass | flag | redact | block
+    verdicts: list[Verdict] = field(default_factory=list)
+    text: str = ""  # the text to use downstream (redacted when action == "redact")
+    blocked_by: Verdict | None = None
+    redactions: list[Span] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+    def fired(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.action != "pass" or v.category == "error"]
+
+
+@dataclass(slots=True)
+class _Result:
+    fired: bool
+    category: str
+    score: float
+    detail: dict[str, Any] | None = None
+    spans: list[Span] = field(default_factory=list)
+
+
+class _Shared:
+    """Model calls made at most once per evaluated text, shared by every rule."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tasks: dict[str, asyncio.Future[Any]] = {}
+
+    def get(self, name: str, make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        task = self.tasks.get(name)
+        if task is None:
+            task = asyncio.ensure_future(make())
+            # a failure is seen by the awaiting checks; don't also warn "never retrieved"
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self.tasks[name] = task
+        return task
+
+    def cancel(self) -> None:
+        for t in self.tasks.values():
+            if not t.done():
+                t.cancel()
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+
+
+def _jsonable(v: Any, limit: int = 200) -> Any:
+    if isinstance(v, str):
+        return v if len(v) <= limit else v[:limit] + "…"
+    if isinstance(v, tuple | list):
+        return [_jsonable(x, limit) for x in v]
+    if isinstance(v, int | float | bool) or v is None:
+        return v
+    return str(v)[:limit]
+
+
+class Engine:
+    """Runs checks; ``policies`` may be swapped at any time (hot reload)."""
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        *,
+        safety: SafetyScorer | None = None,
+        recitation: RecitationChecker | None = None,
+        observe: Callable[[Verdict], None] | None = None,
+    ) -> None:
+        self.policies = policies
+        self.safety = safety
+        self.recitation = recitation
+        self.observe = observe
+
+    async def evaluate(
+        self,
+        direction: str,
+        text: str,
+        tenant: str | None,
+        key_id: str | None,
+        model: str | None,
+        *,
+        policy: str | None = None,
+    ) -> Outcome:
+        rules = self.policies.resolve(tenant, key_id, model, direction, policy=policy)
+        return await self.evaluate_rules(rules, direction, text)
+
+    async def evaluate_rules(self, rules: Sequence[Rule], direction: str, text: str) -> Outcome:
+        if not rules or not text.strip():
+            return Outcome(text=text)
+        shared = _Shared(text)
+        try:
+            results = await asyncio.gather(
+                *(self._run(rule, check, direction, shared) for rule in rules for check in rule.checks)
+            )
+        finally:
+            shared.cancel()
+        verdicts = [v for v, _ in results]
+        outcome = Outcome(verdicts=verdicts, text=text)
+        for v in verdicts:
+            if v.action in SEVERITY and SEVERITY[v.action] > SEVERITY[outcome.action]:
+                outcome.action = v.action
+                outcome.blocked_by = v if v.action == "block" else None
+        if outcome.action == "redact":
+            outcome.redactions = sorted(s for v, spans in results if v.action == "redact" for s in spans)
+            outcome.text = redact(text, outcome.redactions)
+        return outcome
+
+    async def _run(self, rule: Rule, check: BoundCheck, direction: str, shared: _Shared) -> tuple[Verdict, list[Span]]:
+        t0 = time.perf_counter()
+        try:
+            res = await asyncio.wait_for(self._check(check, shared), check.timeout_s)
+        except Exception as exc:  # a broken or slow check: the rule's on_error decides
+            reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            if check.on_error == "open":
+                action = "pass"
+            else:
+                action = "shadow" if check.action == "shadow" else "block"
+            log.warning("check %s of rule %s failed (%s); on_error=%s", check.type, rule.id, reason, check.on_error)
+            verdict = Verdict(
+                rule.id, check.type, "error", 0.0, action, direction,
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                detail={"error": reason, "on_error": check.on_error},
+            )
+            self._observe(verdict)
+            return verdict, []
+        verdict = Verdict(
+            rule.id, check.type, res.category, round(float(res.score), 4),
+            check.action if res.fired else "pass", direction,
+            latency_ms=(time.perf_counter() - t0) * 1000, detail=res.detail,
+        )
+        self._observe(verdict)
+        return verdict, res.spans if res.fired else []
+
+    def _observe(self, verdict: Verdict) -> None:
+        if self.observe is not None:
+            try:
+                self.observe(verdict)
+            except Exception:  # metrics must never break a request
+                log.exception("verdict observer failed")
+
+    async def _check(self, check: BoundCheck, shared: _Shared) -> _Result:
+        spec = check.spec
+        text = shared.text
+        if spec.type == "safety":
+            scorer = self.safety
+            if scorer is None:
+                raise CheckUnavailable("no safety scorer is loaded (see `safety.backend` in the gateway config)")
+            scores: dict[str, float] = (await asyncio.shield(shared.get("safety", lambda: scorer.ascore([text]))))[0]
+            ratios = {c: (float(scores.get(c, 0.0)), thr) for c, thr in spec.thresholds.items()}
+            over = {c: s for c, (s, thr) in ratios.items() if s >= thr}
+            pool = over or {c: s for c, (s, _) in ratios.items()}
+            category = max(pool, key=lambda c: pool[c])
+            detail = {"scores": {c: round(s, 4) for c, (s, _) in ratios.items()}, "threshold": spec.thresholds[category]}
+            return _Result(bool(over), category, pool[category], detail)
+        if spec.type == "recitation":
+            index = self.recitation
+            if index is None:
+                raise CheckUnavailable("no recitation index is loaded (see `recitation.index` in the gateway config)")
+            match = await asyncio.shield(shared.get("recitation", lambda: index.acheck(text)))
+            if match is None:
+                return _Result(False, "recitation", 0.0)
+            score = float(match.score)
+            detail = {
+                "source": _jsonable(getattr(match, "source", None)),
+                "score": round(score, 4),
+                "matched_span": _jsonable(getattr(match, "matched_span", None)),
+                "query_span": _jsonable(getattr(match, "query_span", None)),
+                "threshold": spec.threshold,
+            }
+            return _Result(score >= spec.threshold, "recitation", score, detail)
+        if spec.type == "pii":
+            found = find_pii(text, spec.entities)
+            if not found:
+                return _Result(False, "pii", 0.0)
+            counts: dict[str, int] = {}
+            for s in found:
+                counts[s.entity] = counts.get(s.entity, 0) + 1
+            spans = [(s.start, s.end, spec.replacement.replace("{entity}", s.entity.upper())) for s in found]
+            # entity counts only: the PII itself never goes into a verdict or a log
+            return _Result(True, found[0].entity, 1.0, {"entities": counts}, spans)
+        if spec.type == "regex":
+            allowed = [
+                m.span() for p in spec.allow for m in _compiled(p, spec.ignore_case).finditer(text) if m.end() > m.start()
+            ]
+            hits: list[tuple[int, int, str]] = []
+            for p in spec.deny:
+                for m in _compiled(p, spec.ignore_case).finditer(text):
+                    if m.end() > m.start() and not any(a <= m.start() and m.end() <= b for a, b in allowed):
+                        hits.append((m.start(), m.end(), p))
+            if not hits:
+                return _Result(False, "regex", 0.0)
+            spans = [(a, b, spec.replacement) for a, b, _ in hits]
+            return _Result(True, hits[0][2][:64], 1.0, {"pattern": hits[0][2], "matches": len(hits)}, spans)
+        raise CheckUnavailable(f"unknown check type {spec.type!r}")  # pragma: no cover - the schema prevents it
