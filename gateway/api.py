@@ -162,6 +162,9 @@ async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
     ctx.record.user = ctx.body.get("user") if isinstance(ctx.body.get("user"), str) else None
     if rt.log_bodies:
         ctx.record.request_body = ctx.body
+    if rt.policy_source is not None:
+        # known before any stage runs, so the response cache can key on it
+        ctx.state["policy_version"] = rt.policy_source.policy_version
     for stage in rt.stages:
         # a stage that answered (a cache hit) skips the rest, except stages that must see
         # every request (input guardrails: a policy tightened after caching still applies)
@@ -186,7 +189,8 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
             _record_attempt(ctx, att)
     for stage in reversed(rt.stages):
         reply = await stage.on_response(ctx, reply)
-    take_usage(ctx, reply.get("usage"))
+    if not ctx.record.cache_hit:  # a cached answer used no upstream tokens
+        take_usage(ctx, reply.get("usage"))
     ctx.record.finish_reason = _finish_reason(reply)
     if rt.log_bodies:
         ctx.record.response_body = reply

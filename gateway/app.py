@@ -76,6 +76,7 @@ class Runtime:
         self.stages: list[Stage] = []
         self.keys: KeyStore = ConfigKeyStore(settings.auth)
         self.limiter: Any = None
+        self.policy_source: Any = None  # the stage that knows the live policy version
         self.traffic: TrafficLog | None = None
         self.log_bodies = settings.traffic_log.log_bodies
         self.started = False
@@ -100,6 +101,7 @@ class Runtime:
         self.keys = await self._build_keys()
         self.limiter = await self._build_limiter()
         self.stages = await self._build_stages()
+        self.policy_source = next((st for st in self.stages if hasattr(st, "policy_version")), None)
         await self._mount_feature_routes()
         if self.config_path is not None:
             self._config_mtime = self.config_path.stat().st_mtime
@@ -119,6 +121,8 @@ class Runtime:
     async def shutdown(self) -> None:
         for t in self._bg:
             t.cancel()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         for stage in self.stages:
             closer = getattr(stage, "aclose", None)
             if closer is not None:
@@ -195,12 +199,13 @@ class Runtime:
         return ChainKeyStore(config_keys, managed) if managed is not None else config_keys
 
     async def _build_limiter(self) -> Any:
-        rl = self.settings.rate_limits
-        if not (rl.requests_per_minute or rl.tokens_per_minute or rl.concurrent):
-            return None
+        # always built: keys may carry their own `limit:` scopes; a caller without
+        # limits never touches Redis
         from gateway import ratelimit
 
-        return await ratelimit.build_limiter(self.services)
+        limiter = await ratelimit.build_limiter(self.services)
+        limiter.start()  # pings Redis so gatehouse_redis_up stays fresh when idle
+        return limiter
 
     async def _build_stages(self) -> list[Stage]:
         import importlib
@@ -225,7 +230,7 @@ class Runtime:
         """Admin and feedback routes contributed by feature modules."""
         import importlib
 
-        for name in ("gateway.prompts.admin", "gateway.feedback_routes"):
+        for name in ("gateway.prompts.admin", "gateway.feedback_routes", "gateway.keys"):
             with contextlib.suppress(ModuleNotFoundError):
                 mod = importlib.import_module(name)
                 routes = await mod.routes(self) if hasattr(mod, "routes") else []

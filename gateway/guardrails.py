@@ -225,6 +225,11 @@ class GuardrailStage(BaseStage):
     def policies(self) -> PolicySet:
         return self.engine.policies
 
+    @property
+    def policy_version(self) -> str:
+        """The live policy version; the app hands it to earlier stages (the cache key)."""
+        return self.engine.policies.version
+
     async def set_policies(self, policies: PolicySet) -> None:
         """Swap the live policies (hot reload); loads models a new check type needs first."""
         if self._model_loader is not None:

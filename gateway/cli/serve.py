@@ -14,9 +14,18 @@ from gateway.config import DEMO_CONFIG, ConfigError, Settings, load_settings
 
 
 def demo_env() -> None:
-    """Defaults the demo config refers to (its policy file lives beside the package)."""
+    """Defaults the demo config refers to: its policy file, and a recitation index of the
+    demo corpus (Alice, chapter I), built under .gatehouse/ on first start (about a second)."""
     policies = Path(__file__).resolve().parents[2] / "policies" / "examples" / "demo.yaml"
     os.environ.setdefault("GATEHOUSE_DEMO_POLICIES", str(policies))
+    if "GATEHOUSE_DEMO_RECITATION" not in os.environ:
+        index_dir = Path(".gatehouse") / "demo-recitation"
+        if not (index_dir / "manifest.json").exists():
+            from evaluators.recitation import RecitationIndex
+
+            corpus = Path(__file__).resolve().parents[1] / "demo_corpus"
+            RecitationIndex.build(corpus, progress=False).save(index_dir)
+        os.environ["GATEHOUSE_DEMO_RECITATION"] = str(index_dir.resolve())
 
 
 def resolve_config(path: str | None, demo: bool) -> tuple[Settings, Path | None]:
