@@ -265,64 +265,74 @@ async def _wait_disconnect(receive: Receive) -> None:
 async def _pump(
     ctx: RequestContext,
     reply: StreamReply,
-    first: bytes,
+    first: list[bytes],
     filters: list[StreamFilter],
     client_wants_usage: bool,
     send: Send,
 ) -> None:
+    """Relay upstream events; each upstream read becomes one client write."""
     rec = ctx.record
-    events = reply.events
-    ev: bytes | None = first
+    batches = reply.events
+    batch: list[bytes] | None = first
     clock = time.perf_counter
+    out: list[bytes] = []
 
-    async def emit(data: bytes) -> None:
-        if rec.ttft_ms is None:
-            rec.ttft_ms = (clock() - ctx.t0) * 1000
-        await send({"type": "http.response.body", "body": data, "more_body": True})
+    async def flush() -> None:
+        if out:
+            if rec.ttft_ms is None:
+                rec.ttft_ms = (clock() - ctx.t0) * 1000
+            data = b"".join(out)
+            out.clear()
+            await send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def release(chunks: list[dict[str, Any]]) -> None:
         for c in chunks:
-            await emit(sse(orjson.dumps(c)))
+            out.append(sse(orjson.dumps(c)))
 
     try:
-        while ev is not None:
-            if ev == b"[DONE]":
-                for f in filters:
-                    await release(await f.finish())
-                await emit(sse(b"[DONE]"))
-                break
-            try:
-                chunk = orjson.loads(ev)
-            except orjson.JSONDecodeError:
-                chunk = None
-            forward = True
-            if isinstance(chunk, dict):
-                if chunk.get("usage"):
-                    take_usage(ctx, chunk["usage"])
-                    if not chunk.get("choices") and not client_wants_usage:
-                        forward = False
-                fr = _finish_reason(chunk)
-                if fr:
-                    rec.finish_reason = fr
-                if forward and filters:
-                    out = [chunk]
+        done = False
+        while batch is not None and not done:
+            for ev in batch:
+                if ev == b"[DONE]":
                     for f in filters:
-                        nxt: list[dict[str, Any]] = []
-                        for c in out:
-                            nxt.extend(await f.feed(c, chunk_text(c)))
-                        out = nxt
-                    await release(out)
-                    forward = False
-            if forward:
-                await emit(sse(ev))
+                        await release(await f.finish())
+                    out.append(b"data: [DONE]\n\n")
+                    done = True
+                    break
+                try:
+                    chunk = orjson.loads(ev)
+                except orjson.JSONDecodeError:
+                    chunk = None
+                if isinstance(chunk, dict):
+                    if chunk.get("usage"):
+                        take_usage(ctx, chunk["usage"])
+                        if not chunk.get("choices") and not client_wants_usage:
+                            continue
+                    fr = _finish_reason(chunk)
+                    if fr:
+                        rec.finish_reason = fr
+                    if filters:
+                        pending = [chunk]
+                        for f in filters:
+                            nxt: list[dict[str, Any]] = []
+                            for c in pending:
+                                nxt.extend(await f.feed(c, chunk_text(c)))
+                            pending = nxt
+                        await release(pending)
+                        continue
+                out.append(b"data: " + ev + b"\n\n")
+            await flush()
+            if done:
+                break
             t0 = clock()
             try:
-                ev = await events.__anext__()
+                batch = await batches.__anext__()
             except StopAsyncIteration:
-                ev = None
+                batch = None
                 # upstream ended without [DONE]: still flush held-back text
                 for f in filters:
                     await release(await f.finish())
+                await flush()
             finally:
                 ctx.upstream_seconds += clock() - t0
     except StreamBlocked as blk:
@@ -332,11 +342,14 @@ async def _pump(
         stop = {"id": "gatehouse-filter", "object": "chat.completion.chunk" if ctx.endpoint == "chat" else "text_completion",
                 "created": int(time.time()), "model": ctx.model,
                 "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "content_filter"}]}
-        await emit(sse(orjson.dumps(stop)))
-        await emit(sse_error(blk.message, "content_policy_violation", {"rule": blk.rule, "category": blk.category, **blk.detail}))
+        out.append(sse(orjson.dumps(stop)))
+        out.append(sse_error(blk.message, "content_policy_violation", {"rule": blk.rule, "category": blk.category, **blk.detail}))
+        await flush()
     except UpstreamFailure as f:
         rec.error_kind = "upstream_stream_broken"
         rec.error_message = f.message
         rec.status = 502
-        await emit(sse_error(f"upstream stream broke: {f.message}", "upstream_stream_broken"))
+        await flush()
+        out.append(sse_error(f"upstream stream broke: {f.message}", "upstream_stream_broken"))
+        await flush()
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -339,19 +339,14 @@ class RequestIdAndErrors:
         record.ts_end = time.time()
         record.latency_ms = elapsed * 1000
         model = record.model if record.model in rt.router.routes else ""
-        m = rt.metrics
+        overhead = None
         if ctx is not None:
             overhead = max(0.0, elapsed - ctx.upstream_seconds)
             record.overhead_ms = overhead * 1000
-            m.overhead.labels(model).observe(overhead)
-        m.requests.labels(model, record.target or "", str(record.status)).inc()
-        m.duration.labels(model).observe(elapsed)
-        if record.ttft_ms is not None:
-            m.ttft.labels(model).observe(record.ttft_ms / 1000)
-        if record.prompt_tokens:
-            m.tokens.labels("prompt").inc(record.prompt_tokens)
-        if record.completion_tokens:
-            m.tokens.labels("completion").inc(record.completion_tokens)
+        rt.metrics.observe_request(
+            model, record.target or "", record.status, elapsed, overhead,
+            None if record.ttft_ms is None else record.ttft_ms / 1000, record.prompt_tokens, record.completion_tokens,
+        )
         if rt.traffic is not None:
             rt.traffic.emit(record)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -48,6 +49,37 @@ class Metrics:
         self.circuit_open = g("circuit_open", "1 while a target's circuit breaker is open", ("target",), multiprocess_mode="max")
         self.log_dropped = c("log_records_dropped_total", "Traffic records dropped because the log queue was full", ())
         self.log_errors = c("log_sink_errors_total", "Traffic log sink write failures (records kept and retried)", ("sink",))
+        self._tok_prompt = self.tokens.labels("prompt")
+        self._tok_completion = self.tokens.labels("completion")
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+
+    def observe_request(
+        self, model: str, target: str, status: int, seconds: float, overhead: float | None,
+        ttft: float | None, prompt_tokens: int | None, completion_tokens: int | None,
+    ) -> None:
+        """Everything recorded at the end of a request; labelled children are cached
+        (``labels()`` costs a lock and a dict build each call, on every request)."""
+        key = (model, target, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(model, target, str(status)),
+                self.duration.labels(model),
+                self.overhead.labels(model),
+                self.ttft.labels(model),
+            )
+            self._children[key] = children
+        req, dur, ovh, ttf = children
+        req.inc()
+        dur.observe(seconds)
+        if overhead is not None:
+            ovh.observe(overhead)
+        if ttft is not None:
+            ttf.observe(ttft)
+        if prompt_tokens:
+            self._tok_prompt.inc(prompt_tokens)
+        if completion_tokens:
+            self._tok_completion.inc(completion_tokens)
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return self._get(name, lambda full: Counter(full, doc, list(labels), registry=self._reg()))

@@ -172,32 +172,28 @@ class Router:
 
     async def complete(self, route: Route, endpoint: Endpoint, body: dict[str, Any], sticky: str | None, att: Attempt) -> dict[str, Any]:
         async def call(arm: Arm) -> dict[str, Any]:
-            t = arm.target.timeouts
-            return await asyncio.wait_for(arm.provider.complete(endpoint, body), t.total)
+            async with asyncio.timeout(arm.target.timeouts.total):
+                return await arm.provider.complete(endpoint, body)
 
         return await self._run(route, endpoint, sticky, att, call)
 
     async def open_stream(
         self, route: Route, endpoint: Endpoint, body: dict[str, Any], sticky: str | None, att: Attempt
-    ) -> tuple[StreamReply, bytes]:
-        """Open a stream and read its first event; fallbacks apply until that first event."""
+    ) -> tuple[StreamReply, list[bytes]]:
+        """Open a stream and read its first events; fallbacks apply until they arrive."""
 
-        async def call(arm: Arm) -> tuple[StreamReply, bytes]:
-            t = arm.target.timeouts
-
-            async def first() -> tuple[StreamReply, bytes]:
+        async def call(arm: Arm) -> tuple[StreamReply, list[bytes]]:
+            async with asyncio.timeout(arm.target.timeouts.first_token):
                 reply = await arm.provider.stream(endpoint, body)
                 try:
-                    ev = await reply.events.__anext__()
+                    first = await reply.events.__anext__()
                 except StopAsyncIteration:
                     await reply.aclose()
                     raise UpstreamFailure("drop", "upstream closed the stream before any event") from None
                 except BaseException:
                     await reply.aclose()
                     raise
-                return reply, ev
-
-            return await asyncio.wait_for(first(), t.first_token)
+                return reply, first
 
         return await self._run(route, endpoint, sticky, att, call)
 

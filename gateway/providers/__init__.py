@@ -47,9 +47,10 @@ class UpstreamFailure(Exception):
 
 @dataclass(slots=True)
 class StreamReply:
-    """An open upstream SSE stream: ``events`` yields each event's ``data:`` payload."""
+    """An open upstream SSE stream: ``events`` yields, per upstream read, the list of
+    complete events' ``data:`` payloads (one client write per read, not per event)."""
 
-    events: AsyncIterator[bytes]
+    events: AsyncIterator[list[bytes]]
     headers: dict[str, str] = field(default_factory=dict)
 
     async def aclose(self) -> None:
@@ -94,9 +95,13 @@ def build_provider(target: TargetSettings, client: httpx.AsyncClient) -> Provide
 def split_sse(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Split complete SSE events off ``buffer``; returns (data payloads, remainder)."""
     out: list[bytes] = []
-    buffer = buffer.replace(b"\r\n", b"\n")
+    if b"\r" in buffer:
+        buffer = buffer.replace(b"\r\n", b"\n")
     *events, rest = buffer.split(b"\n\n")
     for ev in events:
+        if ev.startswith(b"data: ") and b"\n" not in ev:  # the common case: one data line
+            out.append(ev[6:])
+            continue
         data = [line[5:].lstrip(b" ") for line in ev.split(b"\n") if line.startswith(b"data:")]
         if data:
             out.append(b"\n".join(data))

@@ -146,7 +146,7 @@ class LocalProvider:
             raise UpstreamFailure("unsupported", f"{self.target.key} cannot stream {endpoint}", status=400)
         return StreamReply(self._stream_events(endpoint, body))
 
-    async def _stream_events(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _stream_events(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[list[bytes]]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self._tok, skip_prompt=True, skip_special_tokens=True, timeout=self.target.timeouts.total)
@@ -187,10 +187,9 @@ class LocalProvider:
                 if piece is sentinel:
                     break
                 if piece:
-                    yield chunk(str(piece))
+                    yield [chunk(str(piece))]
             await fut
-            yield chunk(None, "stop")
-            yield b"[DONE]"
+            yield [chunk(None, "stop"), b"[DONE]"]
         finally:
             stop.set()
 

@@ -35,6 +35,9 @@ from gateway.providers import StreamReply, UpstreamFailure
 from gateway.types import Endpoint
 
 WORDS = "the quick brown fox jumps over the lazy dog while gatehouse checks every request".split()
+# evaluators/prompts/autosxs_v1.yaml ends with exactly this layout; match it first so a
+# user prompt containing "answer a ..." cannot shift the split
+_JUDGE_LAYOUT_RE = re.compile(r"Answer A:\n(.*)\n\nAnswer B:\n(.*)\Z", re.S)
 _JUDGE_RE = re.compile(r"(?:answer|response)\s*\[?A\]?\s*[:\]]?(.*?)(?:answer|response)\s*\[?B\]?\s*[:\]]?(.*)", re.I | re.S)
 
 
@@ -65,7 +68,7 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 
 def judge_longer(body: dict[str, Any]) -> str:
     text = "\n".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, dict))
-    m = _JUDGE_RE.search(text)
+    m = _JUDGE_LAYOUT_RE.search(text) or _JUDGE_RE.search(text)
     a, b = (m.group(1).strip(), m.group(2).strip()) if m else ("", "")
     choice = "tie" if len(a) == len(b) else ("A" if len(a) > len(b) else "B")
     return orjson.dumps(
@@ -182,6 +185,11 @@ class MockEngine:
         yield b"[DONE]"
 
 
+async def _one_by_one(events: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    async for ev in events:
+        yield [ev]
+
+
 class MockProvider:
     def __init__(self, target: TargetSettings) -> None:
         self.target = target
@@ -199,7 +207,7 @@ class MockProvider:
         model = self.target.model
         await self.engine.delay(model)
         self.engine.check_fault(model)
-        return StreamReply(self.engine.stream_events(endpoint, model, body))
+        return StreamReply(_one_by_one(self.engine.stream_events(endpoint, model, body)))
 
     async def ready(self) -> bool:
         return True

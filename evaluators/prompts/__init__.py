@@ -1,0 +1,1 @@
+"""Versioned judging prompts for evaluation jobs (YAML; shipped as package data)."""

@@ -1,0 +1,282 @@
+"""Run reports: one JSON and one self-contained HTML file per run, written atomically.
+
+Every report carries its provenance: dataset hash, models, prompt versions,
+policy version (the gateway's ``x-gatehouse-policy`` header when present),
+created_at and the command line. Charts are matplotlib (Agg) PNGs inlined as
+base64, so the HTML opens anywhere without other files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Provenance:
+    kind: str  # run | metrics | sxs | bias | hh-agreement
+    dataset_hash: str | None = None
+    models: list[str] = field(default_factory=list)
+    prompt_versions: list[str] = field(default_factory=list)
+    policy_version: str | None = None
+    command: str = ""
+    created_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.created_at:
+            self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if not self.command:
+            self.command = " ".join(["gatehouse", *sys.argv[1:]]) if sys.argv else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "dataset_hash": self.dataset_hash,
+            "models": self.models,
+            "prompt_versions": self.prompt_versions,
+            "policy_version": self.policy_version,
+            "created_at": self.created_at,
+            "command": self.command,
+            **self.extra,
+        }
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write to a temp file in the same directory, fsync, rename over the target."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    raw = data.encode() if isinstance(data, str) else data
+    with tmp.open("wb") as f:
+        f.write(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    return p
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def _clean(o: Any) -> Any:
+    """NaN/inf are not JSON: they become null."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    if hasattr(o, "item") and not isinstance(o, str | bytes):
+        return _clean(o.item())
+    return o
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def bar_chart_with_ci(
+    labels: Sequence[str], values: Sequence[float | None], cis: Sequence[Sequence[float | None]] | None, *,
+    title: str, xlabel: str = "", ref_line: float | None = None,
+) -> str:
+    """Horizontal bars with 95% CI whiskers; base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vals = [float("nan") if v is None else float(v) for v in values]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+    ypos = list(range(len(labels)))
+    xerr = None
+    if cis:
+        lo = [max(0.0, v - (c[0] if c[0] is not None else v)) if math.isfinite(v) else 0 for v, c in zip(vals, cis, strict=True)]
+        hi = [max(0.0, (c[1] if c[1] is not None else v) - v) if math.isfinite(v) else 0 for v, c in zip(vals, cis, strict=True)]
+        xerr = [lo, hi]
+    ax.barh(ypos, [0 if not math.isfinite(v) else v for v in vals], xerr=xerr, color="#4c72b0", ecolor="#333", capsize=3)
+    ax.set_yticks(ypos, labels=list(labels))
+    ax.invert_yaxis()
+    if ref_line is not None:
+        ax.axvline(ref_line, color="#c44", linestyle="--", linewidth=1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return _png(fig)
+
+
+def histogram(series: dict[str, Sequence[float]], *, title: str, bins: int = 20) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, vals in series.items():
+        v = [x for x in vals if x is not None and math.isfinite(x)]
+        if v:
+            ax.hist(v, bins=bins, alpha=0.55, label=name)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:980px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:14px}
+th{background:#f3f3f3}code{background:#f6f6f6;padding:1px 4px}img{max-width:100%}.muted{color:#777}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "–" if not math.isfinite(v) else f"{v:.4g}"
+    if v is None:
+        return "–"
+    if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, float | int | type(None)) for x in v):
+        return f"[{_fmt(v[0])}, {_fmt(v[1])}]"
+    if isinstance(v, dict | list):
+        return html.escape(json.dumps(_clean(v), default=_json_default)[:300])
+    return html.escape(str(v))
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, limit: int = 200) -> str:
+    if not rows:
+        return "<p class=muted>(none)</p>"
+    cols = list(columns or rows[0].keys())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows[:limit])
+    more = f"<p class=muted>{len(rows) - limit} more rows in the JSON report</p>" if len(rows) > limit else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+@dataclass
+class Section:
+    title: str
+    html: str
+
+
+def image(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def render_html(title: str, prov: Provenance, sections: Sequence[Section]) -> str:
+    p = prov.to_dict()
+    prov_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in p.items())
+    body = "".join(f"<h2>{html.escape(s.title)}</h2>{s.html}" for s in sections)
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<table>{prov_rows}</table>{body}</body></html>"
+    )
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    name: str,
+    prov: Provenance,
+    payload: dict[str, Any],
+    sections: Sequence[Section],
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.html`` into ``out_dir`` (atomically). Returns both paths."""
+    out = Path(out_dir)
+    doc = {"provenance": prov.to_dict(), **payload}
+    j = atomic_write(out / f"{name}.json", json.dumps(_clean(doc), indent=2, ensure_ascii=False, default=_json_default))
+    h = atomic_write(out / f"{name}.html", render_html(title or name, prov, sections))
+    return j, h
+
+
+# --------------------------------------------------------------------------- report builders per job
+
+
+def sxs_sections(result: dict[str, Any], label_a: str, label_b: str) -> list[Section]:
+    s = result["summary"]
+    rates = [
+        (f"{label_a} win rate (ties ½)", s["win_rate_a_ties_half"]),
+        (f"{label_a} win rate (ties excluded)", s["win_rate_a_ties_excluded"]),
+        ("longer answer win rate", s["length_bias"]["longer_win_rate"]),
+    ]
+    chart = bar_chart_with_ci([r[0] for r in rates], [r[1]["value"] for r in rates], [r[1]["ci95"] for r in rates],
+                              title=f"{label_a} vs {label_b} (95% bootstrap CI)", ref_line=0.5)
+    summary_rows = [
+        {"": k, "value": v["value"], "ci95": v["ci95"], "n": v["n"]} for k, v in rates
+    ]
+    counts = {k: s[k] for k in ("n", "wins_a", "wins_b", "ties", "order_disagreements", "parse_errors")}
+    items = [
+        {k: it[k] for k in ("id", "choice", "consistent", "confidence", "explanation", "len_a", "len_b")}
+        for it in result["items"]
+    ]
+    return [
+        Section("Win rates", image(chart, "win rates") + table(summary_rows) + table([counts])
+                + f"<p>Length bias: correlation of A's score with len(A)−len(B) = {_fmt(s['length_bias']['corr_win_vs_len_diff'])}</p>"),
+        Section("Per item", table(items)),
+    ]
+
+
+def ranking_sections(tournament: dict[str, Any]) -> list[Section]:
+    r = tournament["ranking"]
+    chart = bar_chart_with_ci([x["name"] for x in r], [x["score"] for x in r], [x["ci95"] for x in r],
+                              title="Bradley–Terry score (Elo scale, 95% CI)", ref_line=1000)
+    return [Section("Ranking", image(chart, "ranking") + table(r, ["rank", "name", "score", "ci95", "win_rate", "games"]))]
+
+
+def bias_sections(rep: dict[str, Any], hatecheck: dict[str, Any] | None = None) -> list[Section]:
+    g = rep["groups"]
+    out = []
+    chart = bar_chart_with_ci([x["identity"] for x in g], [x["subgroup_auc"] for x in g], [x["subgroup_auc_ci95"] for x in g],
+                              title="Subgroup AUC per identity (95% CI)", ref_line=rep["overall_auc"])
+    summary = {"overall_auc": rep["overall_auc"], "final_bias_score": rep["final_bias_score"], **{f"pm_{k}": v for k, v in rep["power_means"].items()}}
+    out.append(Section("Identity bias (Borkan et al. 2019)", image(chart, "subgroup AUC") + table([summary])
+                       + table(g, ["identity", "n", "subgroup_auc", "subgroup_auc_ci95", "bpsn_auc", "bnsp_auc", "fpr", "fnr"])))
+    if hatecheck:
+        funcs = hatecheck["per_functionality"]
+        chart2 = bar_chart_with_ci(list(funcs), [v["accuracy"] for v in funcs.values()], None, title="HateCheck accuracy per functionality")
+        out.append(Section("HateCheck", image(chart2, "hatecheck") + f"<p>overall accuracy {_fmt(hatecheck['accuracy'])}</p>"
+                           + table([{"target": k, **v} for k, v in hatecheck["per_target"].items()])))
+    return out
+
+
+def output_bias_sections(rep: dict[str, Any]) -> list[Section]:
+    g = rep["groups"]
+    chart = bar_chart_with_ci([x["identity"] for x in g], [x["mean"] for x in g], [x["ci95"] for x in g],
+                              title="Mean safety score of outputs per identity (95% CI)")
+    return [Section("Model output scores by identity", image(chart, "output bias")
+                    + table([{"max_gap": rep["max_gap"], "paired_gap": rep["paired_gap"], "kruskal_p": rep["kruskal_p"]}])
+                    + table(g))]
+
+
+def metrics_sections(result: dict[str, Any]) -> list[Section]:
+    m = result["metrics"]
+    chart = bar_chart_with_ci(list(m), [v["value"] for v in m.values()], [v["ci95"] for v in m.values()], title="Metrics (95% CI)")
+    per_item = {k: v["per_item"] for k, v in m.items() if v.get("per_item")}
+    parts = image(chart, "metrics") + table([{"metric": k, **v} for k, v in m.items()], ["metric", "value", "ci95"])
+    if per_item:
+        parts += image(histogram(per_item, title="Per-item score distribution"), "distribution")
+    parts += table([{"tokenizers": result.get("tokenizers"), "signatures": result.get("signatures")}])
+    return [Section(f"Metrics ({result['task']}, n={result['n']})", parts)]
