@@ -85,6 +85,7 @@ class Runtime:
         self._providers: dict[str, Any] = {}
         self._config_mtime: float | None = None
         self._bg: list[asyncio.Task[Any]] = []
+        self.on_shutdown: list[Any] = []  # close hooks registered by feature modules
 
     # ---- lifecycle ------------------------------------------------------------------
     async def startup(self) -> None:
@@ -112,7 +113,8 @@ class Runtime:
 
     def _on_sighup(self) -> None:
         """SIGHUP: reload the config's routes and let stages reload their own files (policies)."""
-        asyncio.ensure_future(self.reload())
+        task = asyncio.ensure_future(self.reload())
+        self._bg.append(task)
         for stage in self.stages:
             hook = getattr(stage, "on_sighup", None)
             if hook is not None:
@@ -130,6 +132,11 @@ class Runtime:
                     await closer()
         if self.traffic is not None:
             await self.traffic.aclose(self.settings.server.shutdown_timeout)
+        for hook in self.on_shutdown:
+            with contextlib.suppress(Exception):
+                res = hook()
+                if asyncio.iscoroutine(res):
+                    await res
         for p in self._providers.values():
             with contextlib.suppress(Exception):
                 await p.aclose()
@@ -488,7 +495,7 @@ def build_starlette(rt: Runtime) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {"started": rt.started}
-        for key, p in rt._providers.items():
+        for p in rt._providers.values():
             checks[f"model:{p.target.key}"] = await p.ready()
         if rt.services.redis is not None:
             try:

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +104,17 @@ class JsonlSink:
         # small appends to a local file: cheaper inline than a thread hop
         self._write_sync(lines)
 
+    async def find(self, request_id: str) -> dict[str, Any] | None:
+        needle = f'"request_id":"{request_id}"'.encode()
+
+        def scan() -> dict[str, Any] | None:
+            for rec in read_jsonl(self.path, needle=needle):
+                if rec.get("request_id") == request_id:
+                    return rec
+            return None
+
+        return await asyncio.get_running_loop().run_in_executor(None, scan)
+
     async def aclose(self) -> None:
         os.close(self._fd)
 
@@ -121,6 +133,22 @@ class RedisStreamSink:
             pipe.xadd(self.stream, {"record": line}, maxlen=self.maxlen, approximate=True)
         await pipe.execute()
 
+    async def find(self, request_id: str, max_scan: int = 200_000) -> dict[str, Any] | None:
+        """Newest first, so feedback on a recent request from another replica is found fast."""
+        needle = f'"request_id":"{request_id}"'.encode()
+        end, scanned = "+", 0
+        while scanned < max_scan:
+            entries = await self.redis.xrevrange(self.stream, max=end, count=1000)
+            for _, fields in entries:
+                raw = fields.get(b"record", b"")
+                if needle in raw:
+                    return orjson.loads(raw)  # type: ignore[no-any-return]
+            if len(entries) < 1000:
+                return None
+            scanned += len(entries)
+            end = "(" + entries[-1][0].decode()
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -136,8 +164,11 @@ class NullSink:
 
 
 class TrafficLog:
+    RECENT = 10_000  # records kept in memory for look-ups by request id (feedback)
+
     def __init__(self, sink: Sink, metrics: Metrics, queue_size: int, batch_size: int, log_bodies: bool) -> None:
         self.sink = sink
+        self._recent: OrderedDict[str, TrafficRecord] = OrderedDict()
         self.metrics = metrics
         self.log_bodies = log_bodies
         self.batch_size = batch_size
@@ -153,11 +184,23 @@ class TrafficLog:
         if not self.log_bodies:
             record.request_body = None
             record.response_body = None
+        recent = self._recent
+        recent[record.request_id] = record
+        if len(recent) > self.RECENT:
+            recent.popitem(last=False)
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
             self.dropped += 1
             self.metrics.log_dropped.inc()
+
+    async def lookup(self, request_id: str) -> dict[str, Any] | None:
+        """The record of a request: from memory if recent, else from the sink."""
+        rec = self._recent.get(request_id)
+        if rec is not None:
+            return orjson.loads(encode(rec))  # type: ignore[no-any-return]
+        finder = getattr(self.sink, "find", None)
+        return await finder(request_id) if finder is not None else None
 
     async def _run(self) -> None:
         q = self._queue
@@ -221,14 +264,17 @@ def stream_key(settings: Settings) -> str:
 
 # ---- reading back (``gatehouse logs tail``) --------------------------------------------
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL log and its rotated backups, oldest first; a torn last line is skipped."""
+def read_jsonl(path: Path, needle: bytes | None = None) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL log and its rotated backups, oldest first; a torn last line is
+    skipped. With ``needle``, only lines containing it are parsed."""
     files = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
     for f in [*files, path]:
         if not f.exists():
             continue
         with open(f, "rb") as fh:
             for line in fh:
+                if needle is not None and needle not in line:
+                    continue
                 if line.endswith(b"\n"):
                     with contextlib.suppress(orjson.JSONDecodeError):
                         yield orjson.loads(line)

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import API_KEY, FakeUpstream, gateway, make_settings, serve_app, target
+from tests.support import API_KEY, gateway, make_settings, target
 
 
 def client(url: str) -> openai.OpenAI:

@@ -13,7 +13,6 @@ import pytest
 from tests.support import API_KEY, gateway, make_settings, target
 
 
-
 def _nullable(node: object) -> object:
     """The spec still uses OpenAPI 3.0's `nullable: true`; JSON Schema spells it `null` in anyOf."""
     if isinstance(node, dict):

@@ -1,0 +1,1 @@
+"""The MLOps loop: registry + lineage, feedback, datasets, tuning jobs, reward model, deploy."""

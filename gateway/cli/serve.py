@@ -38,7 +38,7 @@ def resolve_config(path: str | None, demo: bool) -> tuple[Settings, Path | None]
     return load_settings(p), p
 
 
-def app_factory():  # noqa: ANN201 - called by uvicorn workers
+def app_factory():
     from gateway.app import create_app
 
     settings, path = resolve_config(os.environ.get("GATEHOUSE_CONFIG") or None, os.environ.get("GATEHOUSE_DEMO") == "1")
@@ -68,8 +68,8 @@ def main(argv: list[str]) -> int:
     else:
         os.environ["GATEHOUSE_DEMO"] = "1"
         os.environ.pop("GATEHOUSE_CONFIG", None)
-        print("Gatehouse demo: OpenAI base_url http://%s:%d/v1, api_key sk-gatehouse-demo, models: %s"
-              % (host, port, ", ".join(r.name for r in settings.routes)), flush=True)
+        models = ", ".join(r.name for r in settings.routes)
+        print(f"Gatehouse demo: OpenAI base_url http://{host}:{port}/v1, api_key sk-gatehouse-demo, models: {models}", flush=True)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         d = Path(tempfile.mkdtemp(prefix="gatehouse-prom-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(d)

@@ -1,0 +1,271 @@
+"""Put a registered model back behind the gateway as a canary, then promote it.
+
+``deploy`` adds the model as a new weighted target of a route in the gateway
+config YAML (provider ``local``, ``path`` = the registered model directory,
+``variant`` = ``canary-<model id>``). ``promote`` moves more traffic to it,
+but only when an AutoSxS report says the canary wins (the lower end of its
+win-rate confidence interval is above 0.5), unless forced.
+
+Weights are percentages of the route's traffic: deploying at ``--weight 5``
+gives the canary 5 and rescales the other targets so they share the other 95
+in their old proportions. The file is rewritten atomically (temp file in the
+same directory + rename) after the new config has passed
+``gateway.config.parse_settings``, and the old file is kept as ``<file>.bak``.
+YAML comments are not preserved by the rewrite (the ``.bak`` keeps them).
+
+The gateway reloads routes when the file changes (or on SIGHUP); with an admin
+URL and key the change is also pushed with ``POST /admin/reload``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuning.registry import Registry, RegistryError
+
+
+class DeployError(Exception):
+    """The deployment was refused or could not be written."""
+
+
+@dataclass(slots=True)
+class DeployResult:
+    config_path: str
+    route: str
+    target_name: str
+    variant: str
+    weight: float
+    deployment_id: str | None
+    reloaded: int | None  # HTTP status of /admin/reload, if called
+    weights: dict[str, float]
+
+
+def canary_names(model_id: str, model_name: str, content_hash: str) -> tuple[str, str]:
+    """(target name, variant label) for a model's canary target."""
+    return f"canary-{model_name}-{content_hash[:12]}", f"canary-{model_id}"
+
+
+def _rescale(targets: list[dict[str, Any]], keep: str, weight: float) -> None:
+    """Give target ``keep`` ``weight`` percent; the others share ``100 - weight`` proportionally."""
+    if not 0 <= weight <= 100:
+        raise DeployError(f"weight is a percentage of the route's traffic; got {weight}, use 0..100")
+    others = [t for t in targets if t.get("name") != keep]
+    total = sum(float(t.get("weight", 1.0)) for t in others)
+    for t in others:
+        share = float(t.get("weight", 1.0)) / total if total > 0 else 1.0 / max(len(others), 1)
+        t["weight"] = round(share * (100.0 - weight), 6)
+    for t in targets:
+        if t.get("name") == keep:
+            t["weight"] = float(weight)
+
+
+def _load_yaml(config_path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DeployError(f"cannot read {config_path}: {exc.strerror}") from None
+    if not isinstance(raw, dict):
+        raise DeployError(f"{config_path}: the config must be a YAML mapping")
+    return raw
+
+
+def _find_route(raw: dict[str, Any], route: str, config_path: Path) -> dict[str, Any]:
+    for r in raw.get("routes") or []:
+        if isinstance(r, dict) and r.get("name") == route:
+            return r
+    names = [r.get("name") for r in raw.get("routes") or [] if isinstance(r, dict)]
+    raise DeployError(f"{config_path}: no route {route!r}; routes are: {', '.join(map(str, names)) or '(none)'}")
+
+
+def _write_atomic(config_path: Path, raw: dict[str, Any]) -> None:
+    from gateway.config import ConfigError, parse_settings
+
+    try:  # validate exactly what will be written before touching the file
+        parse_settings(raw, str(config_path), base_dir=str(config_path.resolve().parent))
+    except ConfigError as exc:
+        raise DeployError(f"the rewritten config would not load:\n{exc}") from None
+    text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    shutil.copy2(config_path, config_path.with_name(config_path.name + ".bak"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{config_path.name}.", dir=config_path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, config_path.stat().st_mode & 0o777)
+        os.replace(tmp, config_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def admin_reload(admin_url: str, admin_key: str, timeout: float = 10.0) -> int:
+    import httpx
+
+    resp = httpx.post(
+        admin_url.rstrip("/") + "/admin/reload",
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=timeout,
+    )
+    return resp.status_code
+
+
+def deploy(
+    model_id: str,
+    route: str,
+    weight: float,
+    config_path: str | Path,
+    *,
+    registry: Registry,
+    admin_url: str | None = None,
+    admin_key: str | None = None,
+) -> DeployResult:
+    """Add (or re-weight) the canary target for a registered model on ``route``."""
+    try:
+        model = registry.resolve(model_id)
+    except RegistryError as exc:
+        raise DeployError(str(exc)) from None
+    if model.kind != "model":
+        raise DeployError(f"{model.id} is a {model.kind}, not a model")
+    if not model.path or not (Path(model.path) / "config.json").exists():
+        raise DeployError(f"{model.id} has no model directory with config.json (path={model.path})")
+    cfg = Path(config_path)
+    raw = _load_yaml(cfg)
+    r = _find_route(raw, route, cfg)
+    targets: list[dict[str, Any]] = list(r.get("targets") or [])
+    name, variant = canary_names(model.id, model.name, model.content_hash)
+    existing = next((t for t in targets if t.get("name") == name), None)
+    if existing is None:
+        targets.append(
+            {
+                "name": name,
+                "provider": "local",
+                "model": model.name,
+                "path": model.path,
+                "kind": "chat",
+                "weight": float(weight),
+                "variant": variant,
+            }
+        )
+    for t in targets:  # make every arm addressable by name for later rescaling
+        t.setdefault("name", f"{t.get('provider')}:{t.get('model')}")
+    _rescale(targets, name, weight)
+    r["targets"] = targets
+    _write_atomic(cfg, raw)
+    dep = registry.register(
+        "deployment",
+        name=f"{route}-{name}",
+        metadata={"route": route, "target": name, "variant": variant, "weight": weight, "config": str(cfg.resolve()), "action": "deploy"},
+        parents=[model.id],
+    )
+    status = admin_reload(admin_url, admin_key) if admin_url and admin_key else None
+    return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, {t["name"]: t["weight"] for t in targets})
+
+
+# -- promotion -------------------------------------------------------------------------------
+
+_CI_KEYS = ("ci", "ci95", "win_rate_ci", "confidence_interval", "interval")
+_LO_KEYS = ("ci_low", "ci_lower", "lower", "lo", "win_rate_ci_low")
+
+
+def win_rate_lower_bound(report: Any, side: str = "A") -> tuple[float, float | None]:
+    """(lower CI bound, point win rate) of the canary's win rate in an AutoSxS report.
+
+    ``evaluators.sxs.run_sxs`` reports are read from
+    ``summary.win_rate_a_ties_half`` (``{"value", "ci95": [lo, hi]}``); ``side``
+    says whether the canary was answer A or B (for B the rate is ``1 - A``).
+    Other accepted shapes (top level, then ``summary``/``result``), already from
+    the canary's side: ``{"win_rate": 0.6, "ci": [0.55, 0.65]}``,
+    ``{"win_rate_ci": [lo, hi]}``, ``{"win_rate": {"value": .6, "ci_low": .55}}``.
+    """
+    if not isinstance(report, dict):
+        raise DeployError("the AutoSxS report must be a JSON object")
+    if side not in ("A", "B"):
+        raise DeployError("side must be A or B (which answer the canary gave in the AutoSxS run)")
+    sxs = (report.get("summary") or {}).get("win_rate_a_ties_half") if isinstance(report.get("summary"), dict) else None
+    if isinstance(sxs, dict) and isinstance(sxs.get("ci95"), list | tuple) and None not in sxs["ci95"]:
+        lo, hi = (float(x) for x in sxs["ci95"])
+        value = sxs.get("value")
+        if side == "A":
+            return lo, value
+        return 1.0 - hi, (1.0 - value) if value is not None else None
+    for scope in (report, report.get("summary"), report.get("result"), report.get("win_rate")):
+        if not isinstance(scope, dict):
+            continue
+        point = scope.get("win_rate", scope.get("value"))
+        point = float(point) if isinstance(point, int | float) else None
+        for k in _CI_KEYS:
+            v = scope.get(k)
+            if isinstance(v, list | tuple) and len(v) == 2:
+                return float(v[0]), point
+            if isinstance(v, dict):
+                for lk in _LO_KEYS:
+                    if lk in v:
+                        return float(v[lk]), point
+        for lk in _LO_KEYS:
+            if lk in scope:
+                return float(scope[lk]), point
+    raise DeployError("no win-rate confidence interval in the report (expected e.g. {'win_rate': .6, 'ci': [lo, hi]})")
+
+
+def promote(
+    model_id: str,
+    route: str,
+    weight: float,
+    config_path: str | Path,
+    *,
+    registry: Registry,
+    report_path: str | Path | None,
+    side: str = "A",
+    force: bool = False,
+    admin_url: str | None = None,
+    admin_key: str | None = None,
+) -> DeployResult:
+    """Move ``weight`` percent of ``route`` to an already deployed canary if the report says it wins."""
+    model = registry.resolve(model_id)
+    lower, point = (None, None)
+    report_art = None
+    if report_path is not None:
+        report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+        lower, point = win_rate_lower_bound(report, side)
+        report_art = registry.register("eval_report", report_path, name=f"sxs-{model.name}", parents=[model.id])
+    if not force:
+        if lower is None:
+            raise DeployError("promotion needs an AutoSxS report (--report FILE) or --force")
+        if lower <= 0.5:
+            raise DeployError(
+                f"refusing to promote {model.id}: win-rate CI lower bound {lower:.3f} does not exceed 0.5"
+                f" (win rate {point if point is not None else '?'}); collect more comparisons or use --force"
+            )
+    cfg = Path(config_path)
+    raw = _load_yaml(cfg)
+    r = _find_route(raw, route, cfg)
+    name, variant = canary_names(model.id, model.name, model.content_hash)
+    targets: list[dict[str, Any]] = list(r.get("targets") or [])
+    if not any(t.get("name") == name for t in targets):
+        raise DeployError(f"{model.id} is not deployed on route {route!r}; run `gatehouse registry deploy` first")
+    for t in targets:
+        t.setdefault("name", f"{t.get('provider')}:{t.get('model')}")
+    _rescale(targets, name, weight)
+    r["targets"] = targets
+    _write_atomic(cfg, raw)
+    parents = [model.id] + ([report_art.id] if report_art else [])
+    dep = registry.register(
+        "deployment",
+        name=f"{route}-{name}-promote",
+        metadata={
+            "route": route, "target": name, "variant": variant, "weight": weight, "config": str(cfg.resolve()),
+            "action": "promote", "forced": force, "ci_low": lower, "win_rate": point,
+        },
+        parents=parents,
+    )
+    status = admin_reload(admin_url, admin_key) if admin_url and admin_key else None
+    return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, {t["name"]: t["weight"] for t in targets})

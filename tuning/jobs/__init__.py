@@ -1,0 +1,1 @@
+"""Tuning jobs: supervised (sft), preference (dpo) and distillation (distill), all resumable."""
