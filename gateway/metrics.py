@@ -19,8 +19,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
 
 PREFIX = "gatehouse_"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -97,7 +97,7 @@ class Metrics:
         # in multiprocess mode values go to mmap files; the collector reads them back
         return None if self.multiprocess else self.registry
 
-    def _get(self, name: str, make):  # noqa: ANN001, ANN202
+    def _get(self, name: str, make):
         full = name if name.startswith(PREFIX) else PREFIX + name
         if full not in self._made:
             self._made[full] = make(full)

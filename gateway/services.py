@@ -17,6 +17,7 @@ class Services:
     metrics: Metrics
     redis: Any = None  # redis.asyncio.Redis when redis.url is set
     config_path: Path | None = None
+    prompt_registry: Any = None  # set by gateway.prompts.build_stage; used by the admin routes
     _embedder: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

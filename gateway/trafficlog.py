@@ -184,6 +184,7 @@ class TrafficLog:
         if not self.log_bodies:
             record.request_body = None
             record.response_body = None
+            record.extra.pop("prompt_variables", None)  # user data, like the bodies
         recent = self._recent
         recent[record.request_id] = record
         if len(recent) > self.RECENT:

@@ -40,8 +40,11 @@ def free_port() -> int:
 
 
 class ServerThread:
+    """uvicorn in a thread. Port 0 lets the kernel pick a free port at bind time, so
+    parallel tests never race for one; the real port is read back once started."""
+
     def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or 0
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 loop="asyncio", http="h11", access_log=False, timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
@@ -60,6 +63,8 @@ class ServerThread:
             if time.monotonic() > deadline:
                 raise TimeoutError("server did not start within 60 s")
             time.sleep(0.01)
+        if not self.port:
+            self.port = int(self.server.servers[0].sockets[0].getsockname()[1])
         return self
 
     def stop(self) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# spinning OpenMP workers (torch, faiss) collapse throughput on small shared CPU boxes
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 GROUPS: dict[str, tuple[str, str]] = {
     "serve": ("gateway.cli.serve", "run the gateway"),
