@@ -74,7 +74,7 @@ class Embedder:
         )
 
     @property
-    def tokenizer(self):  # noqa: ANN201 - transformers tokenizer
+    def tokenizer(self):
         return self._model.tokenizer
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

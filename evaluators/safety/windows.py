@@ -1,0 +1,102 @@
+"""Overlapping token windows, so long texts are scored whole rather than truncated."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from evaluators.batching import MicroBatcher
+
+
+def split_windows(text: str, tokenizer: Any, window: int, overlap: int) -> list[str]:
+    """Split ``text`` into substrings of at most ``window`` tokens overlapping by ``overlap``.
+
+    A text that fits is returned unchanged (so embedding caches keyed by the exact
+    text are shared with other evaluators). Windows are character slices of the
+    original text, found through the tokenizer's offset mapping.
+    """
+    if window < 1 or not 0 <= overlap < window:
+        raise ValueError(f"need window >= 1 and 0 <= overlap < window, got {window}, {overlap}")
+    if len(text) <= window:  # a token covers at least one character
+        return [text]
+    enc = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
+    )
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= window:
+        return [text]
+    step = window - overlap
+    out: list[str] = []
+    start = 0
+    while True:
+        end = min(start + window, len(offsets))
+        out.append(text[offsets[start][0] : offsets[end - 1][1]])
+        if end == len(offsets):
+            return out
+        start += step
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Rough sentence split (terminal punctuation or newlines); empty pieces dropped."""
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s]
+
+
+class WindowedScorer:
+    """Shared plumbing: windows → ``_score_windows`` → max per label; async via MicroBatcher.
+
+    Subclasses set ``name``, ``labels``, ``window``, ``overlap``, ``tokenizer`` and
+    implement ``_score_windows(texts) -> (n, len(labels)) array`` of probabilities.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    window: int
+    overlap: int
+    tokenizer: Any
+
+    def _init_batcher(
+        self, max_batch: int, max_wait: float, on_batch: Callable[[int], None] | None
+    ) -> None:
+        self.batcher: MicroBatcher[str, dict[str, float]] = MicroBatcher(
+            self.score_batch, max_batch=max_batch, max_wait=max_wait, on_batch=on_batch,
+            name="safety",
+        )
+
+    def _score_windows(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def units(self, text: str) -> list[str]:
+        """The pieces of ``text`` that are scored; the text's score is their max."""
+        return split_windows(text, self.tokenizer, self.window, self.overlap)
+
+    def score_batch(self, texts: list[str]) -> list[dict[str, float]]:
+        """Blocking: one ``{label: probability}`` per text (max over its windows)."""
+        if not texts:
+            return []
+        pieces: list[str] = []
+        owner: list[int] = []
+        for i, t in enumerate(texts):
+            for w in self.units(t):
+                pieces.append(w)
+                owner.append(i)
+        probs = self._score_windows(pieces)
+        best = np.full((len(texts), len(self.labels)), -np.inf)
+        np.maximum.at(best, np.asarray(owner), probs)
+        return [
+            {label: float(row[j]) for j, label in enumerate(self.labels)} for row in best
+        ]
+
+    async def ascore(self, texts: list[str]) -> list[dict[str, float]]:
+        """Off the event loop, micro-batched with concurrent callers."""
+        if not texts:
+            return []
+        return await self.batcher.submit_many(list(texts))
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
