@@ -111,6 +111,22 @@ def validate(endpoint: Endpoint, body: Any) -> dict[str, Any]:
     return body
 
 
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "client disconnected before sending the body")
+        part = msg.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise GatewayError(ErrorKind.BODY_TOO_LARGE, f"Request body is larger than the limit of {limit} bytes.")
+        chunks.append(part)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
 # ---- usage bookkeeping -----------------------------------------------------------
 
 def take_usage(ctx: RequestContext, usage: Any) -> None:

@@ -415,22 +415,6 @@ class RateLimit:
         await limiter.admit(scope, receive, send, caller, self.app)
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "client disconnected before sending the body")
-        part = msg.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise GatewayError(ErrorKind.BODY_TOO_LARGE, f"Request body is larger than the limit of {limit} bytes.")
-        chunks.append(part)
-        if not msg.get("more_body", False):
-            return b"".join(chunks)
-
-
 class Dispatch:
     def __init__(self, rt: Runtime, fallback: ASGIApp) -> None:
         self.rt = rt
@@ -444,7 +428,7 @@ class Dispatch:
         if scope["method"] != "POST":
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"{scope['path']} accepts POST only, got {scope['method']}.")
         rt = self.rt
-        raw = await read_body(receive, rt.settings.server.max_body_bytes)
+        raw = await api.read_body(receive, rt.settings.server.max_body_bytes)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -591,20 +591,9 @@ async def build_limiter(services: Any) -> RateLimiter:
 
 
 async def _buffer_body(receive: Any, limit: int) -> tuple[bytes, Any]:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "client disconnected before sending the body")
-        part = msg.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise GatewayError(ErrorKind.BODY_TOO_LARGE, f"Request body is larger than the limit of {limit} bytes.")
-        chunks.append(part)
-        if not msg.get("more_body", False):
-            break
-    body = b"".join(chunks)
+    from gateway.api import read_body
+
+    body = await read_body(receive, limit)
     replayed = False
 
     async def replay() -> dict[str, Any]:
