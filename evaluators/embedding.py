@@ -65,7 +65,7 @@ class Embedder:
         self.model_id = self.model_dir.name if model_dir else "sentence-transformers/all-MiniLM-L6-v2"
         self._model = SentenceTransformer(str(self.model_dir), device=device)
         self._model.max_seq_length = min(self._model.max_seq_length or MAX_SEQ_TOKENS, MAX_SEQ_TOKENS)
-        self.dimension = int(self._model.get_embedding_dimension())
+        self.dimension = int(self._model.get_embedding_dimension() or 0)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size

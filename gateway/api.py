@@ -355,7 +355,7 @@ async def _pump(
         rec.finish_reason = "content_filter"
         rec.error_kind = "content_filter"
         rec.error_message = blk.message
-        stop = {"id": "gatehouse-filter", "object": "chat.completion.chunk" if ctx.endpoint == "chat" else "text_completion",
+        stop: dict[str, Any] = {"id": "gatehouse-filter", "object": "chat.completion.chunk" if ctx.endpoint == "chat" else "text_completion",
                 "created": int(time.time()), "model": ctx.model,
                 "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "content_filter"}]}
         out.append(sse(orjson.dumps(stop)))

@@ -184,7 +184,11 @@ class Runtime:
         if key not in self._breakers:
             gauge = self.metrics.circuit_open.labels(key)
             gauge.set(0)
-            self._breakers[key] = CircuitBreaker(target.circuit.failures, target.circuit.reset_seconds, lambda is_open, g=gauge: g.set(1 if is_open else 0))
+
+            def on_change(is_open: bool, g: Any = gauge) -> None:
+                g.set(1 if is_open else 0)
+
+            self._breakers[key] = CircuitBreaker(target.circuit.failures, target.circuit.reset_seconds, on_change)
         return Arm(target, prov, self._breakers[key], target.variant or key)
 
     async def _build_keys(self) -> KeyStore:
@@ -324,8 +328,8 @@ class RequestIdAndErrors:
             log.exception("unhandled error in request %s", request_id)
             self._note_error(record, 500, ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}")
             if not started:
-                err = GatewayError(ErrorKind.INTERNAL, f"Internal error (request id {request_id}); see gateway logs.")
-                start, body = error_response(err, request_id)
+                internal = GatewayError(ErrorKind.INTERNAL, f"Internal error (request id {request_id}); see gateway logs.")
+                start, body = error_response(internal, request_id)
                 await send(start)
                 await send(body)
         finally:

@@ -85,13 +85,12 @@ class Metrics:
         return self._get(name, lambda full: Counter(full, doc, list(labels), registry=self._reg()))
 
     def histogram(self, name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] | None = None) -> Histogram:
-        kw = {"buckets": tuple(buckets)} if buckets else {}
-        return self._get(name, lambda full: Histogram(full, doc, list(labels), registry=self._reg(), **kw))
+        b = tuple(buckets) if buckets else Histogram.DEFAULT_BUCKETS
+        return self._get(name, lambda full: Histogram(full, doc, list(labels), registry=self._reg(), buckets=b))
 
     def gauge(self, name: str, doc: str, labels: Sequence[str] = (), multiprocess_mode: str = "max") -> Gauge:
-        return self._get(
-            name, lambda full: Gauge(full, doc, list(labels), registry=self._reg(), multiprocess_mode=multiprocess_mode)
-        )
+        mode: Any = multiprocess_mode  # one of prometheus_client's Literal modes
+        return self._get(name, lambda full: Gauge(full, doc, list(labels), registry=self._reg(), multiprocess_mode=mode))
 
     def _reg(self) -> CollectorRegistry | None:
         # in multiprocess mode values go to mmap files; the collector reads them back

@@ -42,10 +42,8 @@ class LocalProvider:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.target = target
         self.kind = target.kind
-        if self.kind == "embeddings":
-            self.capabilities = frozenset(target.capabilities or ("embeddings",))
-        else:
-            self.capabilities = frozenset(target.capabilities or ("chat", "completions", "streaming"))
+        default = ("embeddings",) if self.kind == "embeddings" else ("chat", "completions", "streaming")
+        self.capabilities: frozenset[str] = frozenset(target.capabilities or default)
         self._embedder: Any = None
         self._lm: Any = None
         self._tok: Any = None

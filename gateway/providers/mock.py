@@ -195,7 +195,7 @@ class MockProvider:
         self.target = target
         self.engine = MockEngine()
         caps = target.capabilities or ("chat", "completions", "embeddings", "streaming")
-        self.capabilities = frozenset(caps)
+        self.capabilities: frozenset[str] = frozenset(caps)
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
         model = self.target.model

@@ -50,7 +50,7 @@ class OpenAIProvider:
         self.client = client
         self.base_url = (target.base_url or "").rstrip("/")
         caps = target.capabilities or ("chat", "completions", "embeddings", "streaming")
-        self.capabilities = frozenset(caps)
+        self.capabilities: frozenset[str] = frozenset(caps)
         headers = {"content-type": "application/json", **target.headers}
         if target.api_key is not None and target.api_key.get_secret_value():
             headers["authorization"] = f"Bearer {target.api_key.get_secret_value()}"
