@@ -77,8 +77,11 @@ class Embedder:
     def tokenizer(self):
         return self._model.tokenizer
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Blocking encode; returns an (n, dim) float32 array of unit vectors."""
+    def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+        """Blocking encode; returns an (n, dim) float32 array of unit vectors.
+
+        sentence-transformers sorts by length and pads per sub-batch, so small sub-batches
+        keep a 20-token prompt from being padded to a 250-token reply."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         out: list[np.ndarray | None] = [self._cache_get(t) for t in texts]

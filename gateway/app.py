@@ -22,6 +22,7 @@ import hmac
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -102,6 +103,8 @@ class Runtime:
         self.keys = await self._build_keys()
         self.limiter = await self._build_limiter()
         self.stages = await self._build_stages()
+        if "torch" in sys.modules:  # a stage or provider runs a model in process
+            sys.modules["torch"].set_num_threads(s.server.model_threads)
         self.policy_source = next((st for st in self.stages if hasattr(st, "policy_version")), None)
         await self._mount_feature_routes()
         if self.config_path is not None:

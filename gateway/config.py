@@ -47,6 +47,9 @@ class ServerSettings(Strict):
     # transport for upstream HTTP: "aiohttp" (httpx API over aiohttp's pool) or "httpx"
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     max_connections: int = Field(512, ge=1)
+    # intra-op threads for in-process models (torch). One thread per model leaves the
+    # other cores to the event loop; measured faster on small shared boxes (docs/benchmarks.md)
+    model_threads: int = Field(1, ge=1, le=256)
     shutdown_timeout: float = Field(10.0, ge=0)
 
 

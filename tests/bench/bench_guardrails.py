@@ -1,0 +1,605 @@
+"""Guardrails benchmark: what input + output guardrails add to a Gatehouse request.
+
+A script, not a test (extends ``bench_gateway.py`` and reuses its process helpers).
+One run starts, each as its own process on loopback:
+
+1. a mock OpenAI upstream (raw ASGI on uvicorn) whose reply is ~60 benign words,
+   *varied per request* (sentences picked by a hash of the user message), so the
+   embedder's exact-text LRU cache can't serve the output checks; JSON or SSE
+   (one event per word);
+2. gateway ``off``: ``python -m gateway serve``, one ``openai`` route to the mock,
+   no policies, ``safety: {backend: none}``;
+3. gateway ``on``: the same plus one policy: input safety (block), input PII
+   (redact), output safety + recitation (block), hold-back 160/160 chars; default
+   ``safety: {backend: minilm-head}``; a recitation index built into the temp dir
+   from ``gateway/demo_corpus/`` with ``python -m gateway recitation build``.
+
+Then, round by round (order alternating, so drift on a shared machine hits both):
+
+- c=1 non-streaming: requests alternate off/on one by one (paired); added = on − off
+  per percentile, per round;
+- c=1 streaming: the same, measuring TTFT (first non-empty content delta) and total
+  stream time; added TTFT = what the hold-back window costs;
+- c=16 non-streaming throughput, off and on; ``/metrics`` of ``on`` is scraped before
+  and after to get the mean ``gatehouse_guardrail_batch_size`` (micro-batching) and
+  ``gatehouse_guardrail_latency_seconds`` per check in that phase.
+
+Every user message is distinct (a counter and varied wording), so no embedding is
+reused across requests. Medians across rounds. Prints a markdown table with the
+targets and pass/fail; writes JSON with ``--out``.
+
+    /tmp/gh-venv/bin/python tests/bench/bench_guardrails.py --quick
+    /tmp/gh-venv/bin/python tests/bench/bench_guardrails.py --out guardrails.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_gateway import (  # noqa: E402  (reuse the core benchmark's process helpers)
+    GATEWAY_KEY,
+    ROOT,
+    Procs,
+    cpu_seconds,
+    free_port,
+    med,
+    pct,
+    wait_http,
+)
+
+MODEL = "bench"
+TARGETS = {"added_p50_ms": 25.0, "rps_c16": 60.0, "added_ttft_p50_ms": 30.0}
+HOLDBACK_CHARS = 160
+CONTEXT_CHARS = 160
+
+# ---- the mock upstream: ~60-word benign reply, varied per request ---------------------------------
+
+SENTENCES = [
+    "Here is a short overview of the topic you asked about today.",
+    "The main idea is to split the work into small steps you can check.",
+    "Start by writing down what you already know and what you still need.",
+    "A simple checklist helps keep track of progress over the coming week.",
+    "Most people find it easier to begin with the smallest useful piece.",
+    "You can measure the result afterwards and adjust the plan if needed.",
+    "Good documentation makes it much easier for others to help you later.",
+    "Make small changes so each one is easy to review.",
+    "Ask a colleague to review the plan before you commit to a schedule.",
+    "Regular short breaks tend to improve focus during longer work sessions.",
+    "Keep notes of the decisions you made and the reasons behind them.",
+    "If something is unclear, a quick experiment usually answers the question.",
+    "Sharing early drafts invites feedback while changes are still cheap.",
+    "Automating the repetitive parts saves time and reduces simple errors.",
+    "Remember that a working draft is better than a perfect plan on paper.",
+    "The library has several friendly guides that cover the basics well.",
+]
+
+
+def reply_for(user: str) -> str:
+    h = hashlib.blake2b(user.encode(), digest_size=8).digest()
+    order = sorted(range(len(SENTENCES)), key=lambda i: (h[i % 8] * 31 + i * h[(i + 3) % 8]) % 251)
+    picks = order[:5]
+    n = int.from_bytes(h[:2], "big")
+    return f"Thanks for question {n}. " + " ".join(SENTENCES[i] for i in picks)  # ~62 words, ~370 chars
+
+
+def _upstream_app() -> Any:
+    import orjson
+
+    created = 1_700_000_000
+    json_headers = [(b"content-type", b"application/json")]
+    sse_headers = [(b"content-type", b"text/event-stream")]
+
+    def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": created, "model": model,
+                                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}) + b"\n\n"
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                await send({"type": msg["type"] + ".complete"})
+                if msg["type"] == "lifespan.shutdown":
+                    return
+        if scope["path"] == "/healthz":
+            await send({"type": "http.response.start", "status": 200, "headers": json_headers})
+            await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        req = orjson.loads(body)
+        model = str(req.get("model"))
+        user = next((m.get("content") for m in reversed(req.get("messages") or []) if m.get("role") == "user"), "") or ""
+        reply = reply_for(str(user))
+        words = reply.split(" ")
+        if not req.get("stream"):
+            out = orjson.dumps({
+                "id": "chatcmpl-bench", "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": len(words), "total_tokens": 30 + len(words)},
+            })
+            await send({"type": "http.response.start", "status": 200, "headers": json_headers})
+            await send({"type": "http.response.body", "body": out})
+            return
+        delay = float(os.environ.get("BENCH_TOKEN_DELAY_MS", "0")) / 1000
+        await send({"type": "http.response.start", "status": 200, "headers": sse_headers})
+        await send({"type": "http.response.body", "body": chunk(model, {"role": "assistant", "content": ""}), "more_body": True})
+        for i, w in enumerate(words):
+            if delay:
+                await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": chunk(model, {"content": w if i == 0 else " " + w}), "more_body": True})
+        await send({"type": "http.response.body", "body": chunk(model, {}, "stop") + b"data: [DONE]\n\n", "more_body": False})
+
+    return app
+
+
+def serve_upstream(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(_upstream_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", lifespan="on")
+
+
+# ---- configs --------------------------------------------------------------------------------------
+
+POLICY = {
+    "id": "bench",
+    "version": 1,
+    "owner": "bench@example.com",
+    "description": "Guardrails benchmark policy.",
+    "stream": {"holdback_chars": HOLDBACK_CHARS, "context_chars": CONTEXT_CHARS},
+    "rules": [
+        {"id": "block-toxic-input", "direction": "input", "action": "block",
+         "checks": [{"type": "safety", "thresholds": {"toxicity": 0.8, "identity_attack": 0.7}, "timeout_ms": 1500, "on_error": "open"}]},
+        {"id": "redact-pii-input", "direction": "input", "action": "redact",
+         "checks": [{"type": "pii", "entities": ["email", "phone", "card"]}]},
+        {"id": "output-safety", "direction": "output", "action": "block",
+         "checks": [{"type": "safety", "thresholds": {"toxicity": 0.8, "identity_attack": 0.7}, "timeout_ms": 1500, "on_error": "open"},
+                    {"type": "recitation", "threshold": 0.6, "timeout_ms": 1000, "on_error": "open"}]},
+    ],
+}
+
+
+def gateway_config(workdir: Path, name: str, upstream: str, guarded: bool, recitation_index: Path | None) -> Path:
+    import yaml
+
+    cfg: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "workers": 1},
+        "auth": {"keys": [{"id": "bench", "tenant": "bench", "key": GATEWAY_KEY}], "public_metrics": True},
+        "routes": [{"name": MODEL, "targets": [{"name": "mock-upstream", "provider": "openai", "base_url": upstream + "/v1",
+                                                  "model": MODEL, "api_key": "sk-upstream"}]}],
+        "traffic_log": {"sink": "jsonl", "path": str(workdir / f"traffic-{name}.jsonl")},
+    }
+    if guarded:
+        policy = workdir / "policy-bench.yaml"
+        policy.write_text(yaml.safe_dump(POLICY, sort_keys=False))
+        cfg["policies"] = {"paths": [str(policy)], "reload": False}
+        cfg["safety"] = {"backend": "minilm-head"}
+        cfg["recitation"] = {"index": str(recitation_index)}
+    else:
+        cfg["safety"] = {"backend": "none"}
+    path = workdir / f"gatehouse-{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# ---- requests -------------------------------------------------------------------------------------
+
+TOPICS = ["sourdough bread", "a vegetable garden", "unit testing", "learning the guitar", "a family budget", "marathon training",
+          "home composting", "a book club", "bird watching", "spreadsheet formulas", "a job interview", "photography basics",
+          "houseplant care", "a road trip", "public speaking", "a small website", "chess openings", "learning Spanish"]
+ASKS = ["Can you give me a few practical tips about {t}?", "How should a beginner get started with {t}?",
+        "What should I watch out for when trying {t} for the first time?",
+        "Please outline a simple weekly plan for {t}.", "Could you explain the basics of {t} in plain words?",
+        "I am curious about {t}; what should I read first?"]
+TAILS = ["Thanks a lot!", "Keep it short please.", "I have about an hour each evening.", "My friend recommended asking you.",
+         "You can reach me at reader{n}@example.com with more ideas.", "This is for a school project."]
+
+_counter = itertools.count()
+
+
+def user_message() -> str:
+    n = next(_counter)
+    t = TOPICS[n % len(TOPICS)]
+    a = ASKS[(n // len(TOPICS)) % len(ASKS)]
+    tail = TAILS[(n * 7) % len(TAILS)]
+    return f"{a.format(t=t)} {tail.format(n=n)} (request {n})"  # unique text: no embedder cache hits
+
+
+def request_body(stream: bool) -> bytes:
+    import orjson
+
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                                         {"role": "user", "content": user_message()}],
+                            "max_tokens": 128, "temperature": 0.2}
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+CONTENT_RE = re.compile(rb'"content":\s*"[^"]')
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.total: list[float] = []
+        self.ttft: list[float] = []
+        self.errors = 0
+        self.first_error: str | None = None
+
+    def fail(self, msg: str) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = msg
+
+
+async def one(session: Any, base: str, stream: bool, st: Stats) -> None:
+    clock = time.perf_counter
+    body = request_body(stream)
+    headers = {"content-type": "application/json", "authorization": f"Bearer {GATEWAY_KEY}"}
+    t0 = clock()
+    try:
+        async with session.post(base + "/v1/chat/completions", data=body, headers=headers) as resp:
+            if stream:
+                first = None
+                buf = b""
+                async for data in resp.content.iter_any():
+                    buf += data
+                    if first is None and CONTENT_RE.search(buf[-(len(data) + 32):]):
+                        first = clock()
+                ok = resp.status == 200 and b"[DONE]" in buf[-64:] and b"content_filter" not in buf
+                if not ok:
+                    st.fail(f"HTTP {resp.status}: ...{buf[-300:]!r}")
+                    return
+                if first is not None:
+                    st.ttft.append((first - t0) * 1000)
+            else:
+                data = await resp.read()
+                ok = resp.status == 200 and b'"finish_reason":"stop"' in data.replace(b" ", b"") and b"Thanks for question" in data
+                if not ok:
+                    st.fail(f"HTTP {resp.status}: {data[:300]!r}")
+                    return
+    except Exception as exc:
+        st.fail(f"{type(exc).__name__}: {exc}")
+        return
+    st.total.append((clock() - t0) * 1000)
+
+
+async def paired_c1(session: Any, bases: dict[str, str], order: list[str], stream: bool, n: int) -> dict[str, Stats]:
+    """Concurrency 1; the targets take turns request by request (paired under the same noise)."""
+    out = {k: Stats() for k in bases}
+    for i in range(n):
+        for name in (order if i % 2 == 0 else order[::-1]):
+            await one(session, bases[name], stream, out[name])
+    return out
+
+
+async def phase_conc(session: Any, base: str, stream: bool, n: int, conc: int) -> tuple[Stats, float]:
+    st = Stats()
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for _ in todo:
+            await one(session, base, stream, st)
+
+    w0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    return st, time.perf_counter() - w0
+
+
+# ---- /metrics -------------------------------------------------------------------------------------
+
+SAMPLE_RE = re.compile(r'^(gatehouse_[a-z_]+?)(?:\{([^}]*)\})?\s+([0-9.eE+\-]+|NaN|\+Inf)$')
+
+
+async def scrape(session: Any, base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with session.get(base + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for line in text.splitlines():
+        m = SAMPLE_RE.match(line)
+        if not m:
+            continue
+        labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def hist_delta(before: dict, after: dict, name: str, match: dict[str, str] | None = None) -> dict[str, Any]:
+    """count/sum/bucket deltas of a histogram between two scrapes (labels filtered by ``match``)."""
+    match = match or {}
+    count = total = 0.0
+    buckets: dict[float, float] = {}
+    for (n, labels), v in after.items():
+        d = dict(labels)
+        if any(d.get(k) != val for k, val in match.items()):
+            continue
+        dv = v - before.get((n, labels), 0.0)
+        if n == name + "_count":
+            count += dv
+        elif n == name + "_sum":
+            total += dv
+        elif n == name + "_bucket":
+            le = float(d["le"])
+            buckets[le] = buckets.get(le, 0.0) + dv
+    return {"count": count, "sum": total, "mean": (total / count) if count else None, "buckets": dict(sorted(buckets.items()))}
+
+
+def hist_quantile(h: dict[str, Any], q: float) -> float | None:
+    """Prometheus-style linear interpolation inside the bucket holding the q-quantile."""
+    if not h["count"]:
+        return None
+    rank = q * h["count"]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in h["buckets"].items():
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+        prev_le, prev_c = le, c
+    return None
+
+
+CHECKS = ("safety", "pii", "recitation")
+
+
+def guard_metrics(before: dict, after: dict) -> dict[str, Any]:
+    batch = hist_delta(before, after, "gatehouse_guardrail_batch_size")
+    checks = {}
+    for c in CHECKS:
+        h = hist_delta(before, after, "gatehouse_guardrail_latency_seconds", {"check": c})
+        checks[c] = {"count": h["count"], "mean_ms": h["mean"] * 1000 if h["mean"] is not None else None,
+                     "p50_ms": (hist_quantile(h, 0.5) or 0) * 1000 if h["count"] else None,
+                     "p99_ms": (hist_quantile(h, 0.99) or 0) * 1000 if h["count"] else None}
+    hold = hist_delta(before, after, "gatehouse_stream_holdback_seconds")
+    return {"batch_mean": batch["mean"], "batches": batch["count"], "checks": checks,
+            "holdback_mean_ms": hold["mean"] * 1000 if hold["mean"] is not None else None}
+
+
+# ---- the benchmark --------------------------------------------------------------------------------
+
+async def bench(bases: dict[str, str], pids: dict[str, int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    import aiohttp
+
+    rounds: list[dict[str, Any]] = []
+    conn = aiohttp.TCPConnector(limit=256, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
+        for stream in (False, True):  # warm-up: connections, model, tokenizer, code paths
+            for name, base in bases.items():
+                st, _ = await phase_conc(s, base, stream, args.warmup, 4)
+                if st.errors:
+                    raise RuntimeError(f"{name} warm-up failed: {st.first_error}")
+        st, _ = await phase_conc(s, bases["on"], False, args.warmup, args.concurrency)
+        if st.errors:
+            raise RuntimeError(f"on warm-up (c={args.concurrency}) failed: {st.first_error}")
+        for rnd in range(args.rounds):
+            order = ["off", "on"] if rnd % 2 == 0 else ["on", "off"]
+            r: dict[str, Any] = {}
+            m0 = await scrape(s, bases["on"])
+            ns = await paired_c1(s, bases, order, False, args.latency_requests)
+            m1 = await scrape(s, bases["on"])
+            sm = await paired_c1(s, bases, order, True, args.stream_requests)
+            m2 = await scrape(s, bases["on"])
+            r["c1_metrics_on"] = guard_metrics(m0, m1)
+            r["stream_metrics_on"] = guard_metrics(m1, m2)
+            for name in order:
+                r[name] = {
+                    "c1": {"p50_ms": pct(ns[name].total, 50), "p99_ms": pct(ns[name].total, 99), "n": len(ns[name].total),
+                           "errors": ns[name].errors, "first_error": ns[name].first_error},
+                    "stream": {"ttft_p50_ms": pct(sm[name].ttft, 50), "ttft_p99_ms": pct(sm[name].ttft, 99),
+                               "total_p50_ms": pct(sm[name].total, 50), "total_p99_ms": pct(sm[name].total, 99),
+                               "n": len(sm[name].total), "errors": sm[name].errors, "first_error": sm[name].first_error},
+                }
+            for name in order:
+                mb = await scrape(s, bases["on"]) if name == "on" else None
+                c0 = cpu_seconds(pids[name])
+                st, wall = await phase_conc(s, bases[name], False, args.requests, args.concurrency)
+                cpu = cpu_seconds(pids[name]) - c0
+                r[name]["c16"] = {"n": len(st.total), "errors": st.errors, "first_error": st.first_error, "rps": len(st.total) / wall,
+                                  "p50_ms": pct(st.total, 50), "p99_ms": pct(st.total, 99), "cpu_ms_per_req": cpu * 1000 / max(1, args.requests)}
+                if mb is not None:
+                    r["c16_metrics_on"] = guard_metrics(mb, await scrape(s, bases["on"]))
+            on, off = r["on"], r["off"]
+            print(f"  round {rnd + 1}: c1 p50 off {off['c1']['p50_ms']:.1f} on {on['c1']['p50_ms']:.1f} ms | "
+                  f"ttft p50 off {off['stream']['ttft_p50_ms']:.1f} on {on['stream']['ttft_p50_ms']:.1f} ms | "
+                  f"c{args.concurrency} off {off['c16']['rps']:.0f} on {on['c16']['rps']:.0f} req/s | "
+                  f"batch mean {r['c16_metrics_on']['batch_mean'] or float('nan'):.2f} | "
+                  f"errors {sum(x[p]['errors'] for x in (on, off) for p in ('c1', 'stream', 'c16'))}", flush=True)
+            rounds.append(r)
+    return rounds
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    def m(f: Any) -> float | None:
+        return med([f(r) for r in rounds])
+
+    s: dict[str, Any] = {}
+    for name in ("off", "on"):
+        s[name] = {
+            "c1_p50_ms": m(lambda r, n=name: r[n]["c1"]["p50_ms"]), "c1_p99_ms": m(lambda r, n=name: r[n]["c1"]["p99_ms"]),
+            "ttft_p50_ms": m(lambda r, n=name: r[n]["stream"]["ttft_p50_ms"]),
+            "ttft_p99_ms": m(lambda r, n=name: r[n]["stream"]["ttft_p99_ms"]),
+            "stream_total_p50_ms": m(lambda r, n=name: r[n]["stream"]["total_p50_ms"]),
+            "stream_total_p99_ms": m(lambda r, n=name: r[n]["stream"]["total_p99_ms"]),
+            "rps_c16": m(lambda r, n=name: r[n]["c16"]["rps"]), "c16_p50_ms": m(lambda r, n=name: r[n]["c16"]["p50_ms"]),
+            "c16_p99_ms": m(lambda r, n=name: r[n]["c16"]["p99_ms"]),
+            "cpu_ms_per_req_c16": m(lambda r, n=name: r[n]["c16"]["cpu_ms_per_req"]),
+            "errors": sum(r[name][p]["errors"] for r in rounds for p in ("c1", "stream", "c16")),
+            "first_error": next((r[name][p]["first_error"] for r in rounds for p in ("c1", "stream", "c16") if r[name][p]["first_error"]), None),
+        }
+    d = lambda k: m(lambda r: r["on"][k[0]][k[1]] - r["off"][k[0]][k[1]])  # noqa: E731  per round, then median
+    s["added"] = {"c1_p50_ms": d(("c1", "p50_ms")), "c1_p99_ms": d(("c1", "p99_ms")),
+                  "ttft_p50_ms": d(("stream", "ttft_p50_ms")), "ttft_p99_ms": d(("stream", "ttft_p99_ms")),
+                  "stream_total_p50_ms": d(("stream", "total_p50_ms")), "stream_total_p99_ms": d(("stream", "total_p99_ms"))}
+    gm: dict[str, Any] = {}
+    for phase in ("c1_metrics_on", "stream_metrics_on", "c16_metrics_on"):
+        gm[phase] = {"batch_mean": m(lambda r, p=phase: r[p]["batch_mean"]), "batches": m(lambda r, p=phase: r[p]["batches"]),
+                     "holdback_mean_ms": m(lambda r, p=phase: r[p]["holdback_mean_ms"]),
+                     "checks": {c: {k: m(lambda r, p=phase, c=c, k=k: r[p]["checks"][c][k]) for k in ("mean_ms", "p50_ms", "p99_ms", "count")}
+                                for c in CHECKS}}
+    s["metrics"] = gm
+    s["pass"] = {
+        "added_p50_ms": s["added"]["c1_p50_ms"] is not None and s["added"]["c1_p50_ms"] <= TARGETS["added_p50_ms"],
+        "rps_c16": s["on"]["rps_c16"] is not None and s["on"]["rps_c16"] >= TARGETS["rps_c16"],
+        "added_ttft_p50_ms": s["added"]["ttft_p50_ms"] is not None and s["added"]["ttft_p50_ms"] <= TARGETS["added_ttft_p50_ms"],
+    }
+    return s
+
+
+def fmt(x: float | None, nd: int = 1) -> str:
+    return "–" if x is None or x != x else f"{x:.{nd}f}"
+
+
+def markdown(s: dict[str, Any], args: argparse.Namespace) -> str:
+    c = args.concurrency
+    ok = lambda k: "**pass**" if s["pass"][k] else "**FAIL**"  # noqa: E731
+    on, off, add = s["on"], s["off"], s["added"]
+    L = [
+        "| metric | guardrails off | guardrails on | added (on − off) | target | result |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| non-streaming latency p50, c=1 (ms) | {fmt(off['c1_p50_ms'])} | {fmt(on['c1_p50_ms'])} | {fmt(add['c1_p50_ms'])} | "
+        f"added ≤ {TARGETS['added_p50_ms']:.0f} | {ok('added_p50_ms')} |",
+        f"| non-streaming latency p99, c=1 (ms) | {fmt(off['c1_p99_ms'])} | {fmt(on['c1_p99_ms'])} | {fmt(add['c1_p99_ms'])} | – | |",
+        f"| throughput, c={c}, non-streaming (req/s) | {fmt(off['rps_c16'], 0)} | {fmt(on['rps_c16'], 0)} | – | "
+        f"on ≥ {TARGETS['rps_c16']:.0f} | {ok('rps_c16')} |",
+        f"| latency p50 / p99 at c={c} (ms) | {fmt(off['c16_p50_ms'])} / {fmt(off['c16_p99_ms'])} | "
+        f"{fmt(on['c16_p50_ms'])} / {fmt(on['c16_p99_ms'])} | – | – | |",
+        f"| gateway CPU per request at c={c} (ms) | {fmt(off['cpu_ms_per_req_c16'], 2)} | {fmt(on['cpu_ms_per_req_c16'], 2)} | "
+        f"{fmt((on['cpu_ms_per_req_c16'] or 0) - (off['cpu_ms_per_req_c16'] or 0), 2)} | – | |",
+        f"| streaming TTFT p50, c=1 (ms) | {fmt(off['ttft_p50_ms'])} | {fmt(on['ttft_p50_ms'])} | {fmt(add['ttft_p50_ms'])} | "
+        f"added ≤ {TARGETS['added_ttft_p50_ms']:.0f} | {ok('added_ttft_p50_ms')} |",
+        f"| streaming TTFT p99, c=1 (ms) | {fmt(off['ttft_p99_ms'])} | {fmt(on['ttft_p99_ms'])} | {fmt(add['ttft_p99_ms'])} | – | |",
+        f"| streaming total p50 / p99, c=1 (ms) | {fmt(off['stream_total_p50_ms'])} / {fmt(off['stream_total_p99_ms'])} | "
+        f"{fmt(on['stream_total_p50_ms'])} / {fmt(on['stream_total_p99_ms'])} | "
+        f"{fmt(add['stream_total_p50_ms'])} / {fmt(add['stream_total_p99_ms'])} | – | |",
+        "",
+        "From the `on` gateway's `/metrics` (deltas per phase, median over rounds):",
+        "",
+        "| phase | safety batch size, mean (batches) | safety check ms mean / p50 / p99 | PII check ms mean | recitation check ms mean / p50 | hold-back per chunk, mean ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {"c1_metrics_on": "c=1 non-streaming", "stream_metrics_on": "c=1 streaming", "c16_metrics_on": f"c={c} non-streaming"}
+    for k, label in names.items():
+        g = s["metrics"][k]
+        sc, pc, rc = g["checks"]["safety"], g["checks"]["pii"], g["checks"]["recitation"]
+        L.append(f"| {label} | {fmt(g['batch_mean'], 2)} ({fmt(g['batches'], 0)}) | {fmt(sc['mean_ms'])} / {fmt(sc['p50_ms'])} / {fmt(sc['p99_ms'])} | "
+                 f"{fmt(pc['mean_ms'], 2)} | {fmt(rc['mean_ms'])} / {fmt(rc['p50_ms'])} | {fmt(g['holdback_mean_ms'])} |")
+    L.append("")
+    L.append(f"Rounds: {args.rounds}; per round c=1: {args.latency_requests} non-streaming + {args.stream_requests} streaming requests per "
+             f"gateway (alternating off/on), c={c}: {args.requests} per gateway. Reply ~62 words (~370 chars, varied per request), "
+             f"streamed one word per SSE event{'' if not args.token_delay_ms else f' every {args.token_delay_ms} ms'}; "
+             f"hold-back {HOLDBACK_CHARS}/{CONTEXT_CHARS} chars. Histogram p50/p99 are bucket-interpolated.")
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=600, help="requests per gateway per c=16 phase (default 600)")
+    ap.add_argument("--latency-requests", type=int, default=150, help="non-streaming c=1 requests per gateway per round")
+    ap.add_argument("--stream-requests", type=int, default=100, help="streaming c=1 requests per gateway per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=40)
+    ap.add_argument("--token-delay-ms", type=float, default=0.0, help="upstream delay between streamed words (default 0)")
+    ap.add_argument("--quick", action="store_true", help="small smoke run (~1 min)")
+    ap.add_argument("--out", help="write JSON results here")
+    ap.add_argument("--keep-workdir", action="store_true")
+    ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return 0
+    if args.quick:
+        args.requests, args.latency_requests, args.stream_requests, args.rounds, args.warmup = 200, 40, 30, 2, 20
+
+    workdir = Path(tempfile.mkdtemp(prefix="gatehouse-bench-guard-"))
+    procs = Procs(workdir)
+    py = sys.executable
+    env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    started = time.time()
+    try:
+        index = workdir / "recitation-index"
+        subprocess.run([py, "-m", "gateway", "recitation", "build", str(ROOT / "gateway" / "demo_corpus"), "-o", str(index),
+                        "--no-progress"], cwd=ROOT, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+        up_port = free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        up = procs.start("upstream", [py, str(Path(__file__).resolve()), "--serve-upstream", str(up_port)],
+                         {**env, "BENCH_TOKEN_DELAY_MS": str(args.token_delay_ms)})
+        wait_http(up, upstream + "/healthz", 30)
+        bases: dict[str, str] = {}
+        pids: dict[str, int] = {}
+        gws = {}
+        for name, guarded in (("off", False), ("on", True)):
+            port = free_port()
+            cfg = gateway_config(workdir, name, upstream, guarded, index)
+            gws[name] = procs.start(f"gatehouse-{name}", [py, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port),
+                                                         "--log-level", "warning"], env)
+            bases[name] = f"http://127.0.0.1:{port}"
+            pids[name] = gws[name].popen.pid
+        for name, p in gws.items():
+            wait_http(p, bases[name] + "/healthz", 120)
+        print(f"gateways up; rounds {args.rounds}; c=1 x {args.latency_requests} (+{args.stream_requests} streaming) per gateway, "
+              f"c={args.concurrency} x {args.requests}", flush=True)
+        t0 = time.time()
+        try:
+            import uvloop
+
+            rounds = uvloop.run(bench(bases, pids, args))
+        except ImportError:
+            rounds = asyncio.run(bench(bases, pids, args))
+        bench_s = time.time() - t0
+        summary = summarize(rounds)
+        table = markdown(summary, args)
+        print()
+        print(table)
+        errs = {n: summary[n]["errors"] for n in ("off", "on")}
+        if any(errs.values()):
+            print(f"\nERRORS: {errs}; first: off={summary['off']['first_error']!r} on={summary['on']['first_error']!r}")
+        warn = [ln for ln in gws["on"].tail(200).splitlines() if "WARNING" in ln or "ERROR" in ln]
+        if warn:
+            print(f"\n'on' gateway log has {len(warn)} warnings/errors, last: {warn[-1][:300]}")
+        print(f"\nbenchmark phases took {bench_s:.0f} s")
+        if args.out:
+            doc = {
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                            "loadavg_at_end": os.getloadavg()},
+                "params": {k: v for k, v in vars(args).items() if k != "serve_upstream"},
+                "targets": TARGETS, "policy": POLICY, "summary": summary, "rounds": rounds,
+                "bench_seconds": bench_s, "total_seconds": time.time() - started, "markdown": table,
+            }
+            Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
+            print(f"wrote {args.out}")
+        return 1 if any(errs.values()) else 0
+    finally:
+        procs.stop_all()
+        if args.keep_workdir:
+            print(f"workdir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
