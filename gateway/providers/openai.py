@@ -55,6 +55,7 @@ class OpenAIProvider:
         if target.api_key is not None and target.api_key.get_secret_value():
             headers["authorization"] = f"Bearer {target.api_key.get_secret_value()}"
         self.headers = headers
+        self.header_items = list(headers.items())
         t = target.timeouts
         # read covers the whole reply; the router enforces first-token and total deadlines
         self.timeout = httpx.Timeout(connect=t.connect, read=t.total, write=t.connect, pool=t.connect).as_dict()
@@ -67,9 +68,12 @@ class OpenAIProvider:
     def _request(self, endpoint: Endpoint, body: dict[str, Any]) -> httpx.Request:
         payload = dict(body)
         payload["model"] = self.target.model
-        return httpx.Request(
-            "POST", self.urls[endpoint], content=orjson.dumps(payload), headers=self.headers, extensions={"timeout": self.timeout}
-        )
+        content = orjson.dumps(payload)
+        url = self.urls[endpoint]
+        # Host and Content-Length given up front: httpx otherwise fills them in through
+        # Headers.setdefault misses, a measurable share of the request's CPU
+        headers = [*self.header_items, ("host", url.netloc.decode("ascii")), ("content-length", str(len(content)))]
+        return httpx.Request("POST", url, content=content, headers=headers, extensions={"timeout": self.timeout})
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         return await self.transport.handle_async_request(request)
@@ -78,7 +82,10 @@ class OpenAIProvider:
         with self._failures():
             resp = await self._send(self._request(endpoint, body))
             try:
-                content = await resp.aread()
+                if "content-encoding" in resp.headers:
+                    content = await resp.aread()
+                else:  # identity body: skip httpx's decoder layers
+                    content = b"".join([chunk async for chunk in resp.stream])  # type: ignore[union-attr]
             finally:
                 await resp.aclose()
         if resp.status_code >= 400:
