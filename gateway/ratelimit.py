@@ -372,6 +372,7 @@ class RateLimiter:
         max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.settings = settings
+        self._bucket_cache: dict[tuple[str, str, tuple[str, ...]], tuple[Bucket, ...]] = {}
         self.backend = backend
         self.prefix = prefix + "rl:"
         self.distributed = distributed
@@ -406,6 +407,16 @@ class RateLimiter:
         return self.redis_up or self.settings.on_redis_error == "open"
 
     def buckets(self, caller: Caller) -> tuple[Bucket, ...]:
+        # the same for every request of a key: computed once (callers come from a fixed key set)
+        ck = (caller.key_id, caller.tenant, caller.scopes)
+        cached = self._bucket_cache.get(ck)
+        if cached is None:
+            if len(self._bucket_cache) > 10_000:
+                self._bucket_cache.clear()
+            cached = self._bucket_cache[ck] = self._buckets(caller)
+        return cached
+
+    def _buckets(self, caller: Caller) -> tuple[Bucket, ...]:
         over = parse_limit_scopes(caller.scopes)
         s = self.settings
         out = []
