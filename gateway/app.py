@@ -37,9 +37,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from gateway import api
-from gateway.auth import ChainKeyStore, ConfigKeyStore, KeyStore, bearer
+from gateway.auth import bearer
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import ErrorKind, GatewayError
+from gateway.keys import ConfigKeyStore, KeyStore
 from gateway.metrics import Metrics
 from gateway.providers import build_provider
 from gateway.routing import Arm, CircuitBreaker, Route, Router
@@ -75,7 +76,7 @@ class Runtime:
         self.client: httpx.AsyncClient | None = None
         self.router = Router({}, self.metrics)
         self.stages: list[Stage] = []
-        self.keys: KeyStore = ConfigKeyStore(settings.auth)
+        self.keys: KeyStore = ConfigKeyStore.from_settings(settings.auth)  # replaced at startup
         self.limiter: Any = None
         self.policy_source: Any = None  # the stage that knows the live policy version
         self.traffic: TrafficLog | None = None
@@ -101,6 +102,7 @@ class Runtime:
                                   s.traffic_log.queue_size, s.traffic_log.batch_size, s.traffic_log.log_bodies)
         self.traffic.start()
         self.keys = await self._build_keys()
+        self.on_shutdown.append(self.keys.aclose)
         self.limiter = await self._build_limiter()
         self.stages = await self._build_stages()
         if "torch" in sys.modules:  # a stage or provider runs a model in process
@@ -195,22 +197,9 @@ class Runtime:
         return Arm(target, prov, self._breakers[key], target.variant or key)
 
     async def _build_keys(self) -> KeyStore:
-        config_keys = ConfigKeyStore(self.settings.auth)
-        extra = os.environ.get("GATEHOUSE_API_KEYS", "")
-        if extra:
-            from gateway.config import ApiKey, AuthSettings
+        from gateway import keys
 
-            pairs = [p.split("=", 1) for p in extra.split(",") if "=" in p]
-            env_keys = ConfigKeyStore(AuthSettings(keys=tuple(ApiKey(id=f"env-{i}", tenant=t, key=k) for i, (k, t) in enumerate(pairs))))
-            config_keys = ChainKeyStore(config_keys, env_keys)  # type: ignore[assignment]
-        if self.settings.auth.store == "config":
-            return config_keys
-        try:
-            from gateway import keys as keys_mod
-        except ImportError:
-            return config_keys
-        managed = await keys_mod.build_store(self.services)
-        return ChainKeyStore(config_keys, managed) if managed is not None else config_keys
+        return keys.build_key_store(self.settings, self.services.redis)
 
     async def _build_limiter(self) -> Any:
         # always built: keys may carry their own `limit:` scopes; a caller without

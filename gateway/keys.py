@@ -457,26 +457,10 @@ def build_key_store(settings: Settings, redis: Any = None, env: Mapping[str, str
     return CompositeKeyStore(config, SQLiteKeyStore(settings.resolve_path(settings.auth.sqlite_path)))
 
 
-async def build_store(services: Any) -> KeyStore | None:
-    """The app's factory: the *managed* store (``auth.store`` redis/sqlite) or None.
-
-    The app chains its config keys in front of it."""
-    settings = services.settings
-    if settings.auth.store == "redis":
-        if services.redis is None:
-            raise ValueError("auth.store is `redis` but redis.url is not set; set redis.url or use auth.store: sqlite")
-        return RedisKeyStore(services.redis, settings.redis.key_prefix)
-    if settings.auth.store == "sqlite":
-        return SQLiteKeyStore(settings.resolve_path(settings.auth.sqlite_path))
-    return None
-
-
 def managed_store(keys: Any) -> KeyStore | None:
-    """Find the store that can ``create`` inside the app's (possibly chained) key store."""
-    for s in getattr(keys, "stores", None) or [getattr(keys, "managed", None) or keys]:
-        if isinstance(s, (RedisKeyStore, SQLiteKeyStore)):
-            return s
-    return None
+    """The store that can ``create`` inside the app's key store (None: config keys only)."""
+    store = getattr(keys, "managed", keys)
+    return store if isinstance(store, (RedisKeyStore, SQLiteKeyStore)) else None
 
 
 async def routes(rt: Any) -> list[Any]:
