@@ -30,16 +30,13 @@ from tuning.jobs.common import (
     TrainConfig,
     batch_indices,
     encode_chat,
-    load_causal_lm,
     make_optimizer,
     pad_batch,
-    pick_device,
     register_run,
     save_model,
-    seed_everything,
     train_loop,
 )
-from tuning.jobs.sft import add_train_args, config_from_args, read_jsonl, resolve_data
+from tuning.jobs.sft import add_train_args, config_from_args, prepare_job, read_jsonl
 
 
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -70,16 +67,7 @@ def run(
     resume: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path, found_id = resolve_data(data, registry)
-    dataset_id = dataset_id or found_id
-    if registry is not None and dataset_id is None and Path(data).is_dir() and (Path(data) / "manifest.json").exists():
-        dataset_id = registry.register("dataset", data, name=Path(data).name).id
-    base = Path(registry.resolve(str(base_model)).path) if registry is not None and not Path(base_model).exists() else Path(base_model)
-    seed_everything(cfg.seed)
-    device = pick_device()
-    model, tok = load_causal_lm(base, cfg, device)
+    out, path, dataset_id, base, device, model, tok = prepare_job(data, base_model, out, cfg, registry, dataset_id)
     if cfg.lora_r > 0:
         reference = None  # adapters off = the base model
     else:

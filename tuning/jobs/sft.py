@@ -49,6 +49,24 @@ def resolve_data(data: str | Path, registry: Any = None, split: str = "train") -
     return p, dataset_id
 
 
+def prepare_job(
+    data: str | Path, base_model: str | Path, out: str | Path, cfg: TrainConfig, registry: Any, dataset_id: str | None
+) -> tuple[Path, Path, str | None, Path, Any, Any, Any]:
+    """What every LM job starts with: (out dir, data path, dataset id, base model dir, device,
+    model, tokenizer). An unregistered dataset directory with a manifest is registered."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path, found_id = resolve_data(data, registry)
+    dataset_id = dataset_id or found_id
+    if registry is not None and dataset_id is None and Path(data).is_dir() and (Path(data) / "manifest.json").exists():
+        dataset_id = registry.register("dataset", data, name=Path(data).name).id
+    base = Path(registry.resolve(str(base_model)).path) if registry is not None and not Path(base_model).exists() else Path(base_model)
+    seed_everything(cfg.seed)
+    device = pick_device()
+    model, tok = load_causal_lm(base, cfg, device)
+    return out, path, dataset_id, base, device, model, tok
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -66,16 +84,7 @@ def run(
     resume: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path, found_id = resolve_data(data, registry)
-    dataset_id = dataset_id or found_id
-    if registry is not None and dataset_id is None and Path(data).is_dir() and (Path(data) / "manifest.json").exists():
-        dataset_id = registry.register("dataset", data, name=Path(data).name).id
-    base = Path(registry.resolve(str(base_model)).path) if registry is not None and not Path(base_model).exists() else Path(base_model)
-    seed_everything(cfg.seed)
-    device = pick_device()
-    model, tok = load_causal_lm(base, cfg, device)
+    out, path, dataset_id, base, device, model, tok = prepare_job(data, base_model, out, cfg, registry, dataset_id)
     rows = [encode_chat(tok, r["messages"], cfg.max_length) for r in read_jsonl(path)]
     rows = [r for r in rows if any(x != -100 for x in r[1])]
     if not rows:
