@@ -6,21 +6,19 @@ import asyncio
 import copy
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
-import redis as sync_redis
 import redis.asyncio as aioredis
 
 from gateway.cache import HEADER, CacheStage, build_stage
 from gateway.config import Settings, parse_settings
 from gateway.metrics import Metrics
 from gateway.types import Caller, RequestContext, TrafficRecord, Verdict
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.conftest import REDIS_URL
 
 REPLY = {
     "id": "chatcmpl-1",
@@ -39,14 +37,9 @@ class Services:
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    p = f"gh-test-cache-{uuid.uuid4().hex[:10]}:"
-    yield p
-    r = sync_redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=p + "*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+def prefix(redis_prefix: str) -> str:
+    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
+    return redis_prefix
 
 
 @pytest.fixture

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import orjson
 import pytest
-import redis as sync_redis
 import redis.asyncio as aioredis
 import yaml
 
@@ -29,25 +27,13 @@ from gateway.keys import (
     digest,
 )
 from gateway.ratelimit import parse_limit_scopes
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def _cleanup(prefix: str) -> None:
-    r = sync_redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(r.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            r.delete(*keys)
-    finally:
-        r.close()
+from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
-def prefix() -> object:
-    p = f"gh-test-keys-{uuid.uuid4().hex[:10]}:"
-    yield p
-    _cleanup(p)
+def prefix(redis_prefix: str) -> str:
+    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
+    return redis_prefix
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-import redis as sync_redis
 import redis.asyncio as aioredis
 
 from gateway.config import RateLimitSettings, parse_settings
@@ -24,20 +22,15 @@ from gateway.ratelimit import (
     parse_limit_scopes,
 )
 from gateway.types import Caller
+from tests.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 WINDOW = 1.0
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    p = f"gh-test-rl-{uuid.uuid4().hex[:10]}:"
-    yield p
-    r = sync_redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=p + "*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+def prefix(redis_prefix: str) -> str:
+    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
+    return redis_prefix
 
 
 @pytest.fixture

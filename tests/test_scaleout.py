@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,19 +25,15 @@ import pytest
 import redis as sync_redis
 import yaml
 
+from tests.conftest import REDIS_URL
+
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_URL = os.environ.get("GATEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    p = f"gh-test-scale-{uuid.uuid4().hex[:10]}:"
-    yield p
-    r = sync_redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=p + "*", count=1000))
-    if keys:
-        r.delete(*keys)
-    r.close()
+def prefix(redis_prefix: str) -> str:
+    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
+    return redis_prefix
 
 
 def _hammer(prefix: str, limit: int, n: int, start_at: float) -> int:
@@ -58,7 +52,7 @@ def _hammer(prefix: str, limit: int, n: int, start_at: float) -> int:
         caller = Caller(tenant="t", key_id="shared")
         # start together: each replica checks in, then waits for the other
         await r.incr(prefix + "ready")
-        while int(await r.get(prefix + "ready") or 0) < 2 and time.time() < start_at:  # noqa: ASYNC110 - the other party is another process
+        while int(await r.get(prefix + "ready") or 0) < 2 and time.time() < start_at:
             await asyncio.sleep(0.005)
         admitted = 0
         for _ in range(n // 5):  # paced bursts of 5 concurrent checks, so the replicas interleave
