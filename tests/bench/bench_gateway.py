@@ -63,6 +63,27 @@ assert len(REPLY_WORDS) == 16
 
 # ---- the mock upstream (runs in its own process: `bench_gateway.py --serve-upstream PORT`) ----------
 
+async def read_request(scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
+    """The mock upstreams' ASGI plumbing: answers lifespan and /healthz itself (None),
+    otherwise returns the request body."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            await send({"type": msg["type"] + ".complete"})
+            if msg["type"] == "lifespan.shutdown":
+                return None
+    if scope["path"] == "/healthz":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+        return None
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return body
+
+
 def _upstream_app() -> Any:
     import orjson
 
@@ -103,22 +124,9 @@ def _upstream_app() -> Any:
     sse_headers = [(b"content-type", b"text/event-stream")]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                await send({"type": msg["type"] + ".complete"})
-                if msg["type"] == "lifespan.shutdown":
-                    return
-        if scope["path"] == "/healthz":
-            await send({"type": "http.response.start", "status": 200, "headers": json_headers})
-            await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+        body = await read_request(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
         if not scope["path"].endswith("/chat/completions"):
             await send({"type": "http.response.start", "status": 404, "headers": json_headers})
             await send({"type": "http.response.body", "body": b'{"error":{"message":"not found","type":"invalid_request_error"}}'})

@@ -62,6 +62,7 @@ from bench_gateway import (  # noqa: E402  (reuse the core benchmark's process h
     free_port,
     med,
     pct,
+    read_request,
     wait_http,
 )
 
@@ -112,22 +113,9 @@ def _upstream_app() -> Any:
                                          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}) + b"\n\n"
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                await send({"type": msg["type"] + ".complete"})
-                if msg["type"] == "lifespan.shutdown":
-                    return
-        if scope["path"] == "/healthz":
-            await send({"type": "http.response.start", "status": 200, "headers": json_headers})
-            await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+        body = await read_request(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
         req = orjson.loads(body)
         model = str(req.get("model"))
         user = next((m.get("content") for m in reversed(req.get("messages") or []) if m.get("role") == "user"), "") or ""
