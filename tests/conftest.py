@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,19 @@ def redis_prefix() -> Iterator[str]:
             r.delete(*keys)
     finally:
         r.close()
+
+
+@pytest.fixture
+def prefix(redis_prefix: str) -> str:
+    """Short name for ``redis_prefix`` (the keys, rate-limit and cache tests use it)."""
+    return redis_prefix
+
+
+@pytest.fixture
+async def redis(redis_prefix: str) -> AsyncIterator[Any]:
+    """An asyncio client of the shared test Redis; use keys under ``prefix`` only."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(REDIS_URL)
+    yield r
+    await r.aclose()

@@ -6,7 +6,6 @@ import asyncio
 import copy
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,19 +33,6 @@ class Services:
     settings: Settings
     redis: Any
     metrics: Metrics
-
-
-@pytest.fixture
-def prefix(redis_prefix: str) -> str:
-    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
-    return redis_prefix
-
-
-@pytest.fixture
-async def redis(prefix: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(REDIS_URL)
-    yield r
-    await r.aclose()
 
 
 def settings(prefix: str, ttl: int = 60) -> Settings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import AsyncIterator
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -28,19 +27,6 @@ from gateway.keys import (
 )
 from gateway.ratelimit import parse_limit_scopes
 from tests.conftest import REDIS_URL
-
-
-@pytest.fixture
-def prefix(redis_prefix: str) -> str:
-    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
-    return redis_prefix
-
-
-@pytest.fixture
-async def redis(prefix: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(REDIS_URL)
-    yield r
-    await r.aclose()
 
 
 def settings_with_keys(**auth: object) -> object:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,19 +24,6 @@ from gateway.types import Caller
 from tests.conftest import REDIS_URL
 
 WINDOW = 1.0
-
-
-@pytest.fixture
-def prefix(redis_prefix: str) -> str:
-    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
-    return redis_prefix
-
-
-@pytest.fixture
-async def redis(prefix: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(REDIS_URL)
-    yield r
-    await r.aclose()
 
 
 @pytest.fixture(params=["redis", "memory"])

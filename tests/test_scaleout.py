@@ -30,12 +30,6 @@ from tests.conftest import REDIS_URL
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def prefix(redis_prefix: str) -> str:
-    """The suite's per-test key prefix (tests/conftest.py deletes its keys afterwards)."""
-    return redis_prefix
-
-
 def _hammer(prefix: str, limit: int, n: int, start_at: float) -> int:
     """One 'replica': its own limiter and Redis client; returns how many it admitted."""
     import asyncio
