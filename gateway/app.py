@@ -97,6 +97,11 @@ class Runtime:
 
             self.services.redis = aioredis.from_url(s.redis.url)
         self.client = self._make_client()
+        from evaluators import embedding
+
+        # before any embedder is built (local providers, safety, grounding): one runtime for all
+        embedding.configure(s.embedding.runtime, s.server.model_threads,
+                            s.resolve_path(s.embedding.cache_dir) if s.embedding.cache_dir else None)
         await self.build_router(s)
         self.traffic = TrafficLog(build_sink(s.traffic_log, s, self.services.redis), self.metrics,
                                   s.traffic_log.queue_size, s.traffic_log.batch_size, s.traffic_log.log_bodies)

@@ -47,7 +47,7 @@ class ServerSettings(Strict):
     # transport for upstream HTTP: "aiohttp" (httpx API over aiohttp's pool) or "httpx"
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     max_connections: int = Field(512, ge=1)
-    # intra-op threads for in-process models (torch). One thread per model leaves the
+    # intra-op threads for in-process models (torch, ONNX Runtime). One thread per model leaves the
     # other cores to the event loop; measured faster on small shared boxes (docs/benchmarks.md)
     model_threads: int = Field(1, ge=1, le=256)
     shutdown_timeout: float = Field(10.0, ge=0)
@@ -193,6 +193,13 @@ class PromptSettings(Strict):
     sqlite_path: str = ".gatehouse/prompts.db"
 
 
+class EmbeddingSettings(Strict):
+    # the sentence-embedding runtime shared by safety, grounding and local embeddings:
+    # onnx-int8 (default, fastest on CPU), onnx (fp32, torch-identical vectors) or torch
+    runtime: Literal["onnx-int8", "onnx", "torch"] = "onnx-int8"
+    cache_dir: str | None = None  # exported ONNX files (default: $GATEHOUSE_CACHE_DIR or ~/.cache/gatehouse)
+
+
 class GroundingSettings(Strict):
     indexes: dict[str, str] = Field(default_factory=dict)  # name -> index directory
     embedder: str | None = None  # sentence-transformers dir (default bundled MiniLM)
@@ -224,6 +231,7 @@ class Settings(Strict):
     safety: SafetySettings = SafetySettings()
     recitation: RecitationSettings = RecitationSettings()
     prompts: PromptSettings = PromptSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
     grounding: GroundingSettings = GroundingSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()

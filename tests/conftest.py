@@ -10,6 +10,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "GATEHOUSE_CACHE_DIR" not in os.environ:
+    # exported ONNX encoders go to a per-run directory (gateways the tests start inherit it),
+    # so every run exercises the export and nothing is left in the user's cache
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="gatehouse-test-cache-")
+    os.environ["GATEHOUSE_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 from tests.support import FakeUpstream, ServerThread
 

@@ -85,6 +85,7 @@ class ThreadEmbedder:
     def __init__(self, inner):
         self.inner = inner
         self.model_dir, self.model_id, self.dimension = inner.model_dir, inner.model_id, inner.dimension
+        self.fingerprint, self.runtime = inner.fingerprint, inner.runtime
 
     async def aencode(self, texts):
         return await asyncio.to_thread(self.inner.encode, list(texts))
@@ -127,7 +128,8 @@ def test_manifest_content(built, embedder):
     assert (out / CURRENT).read_text().strip() == m["version"] and (out / m["version"] / "chunks.jsonl").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp")], "no temp dirs left behind"
     assert m["embedding"]["dimension"] == 384 and m["embedding"]["model_id"] == embedder.model_id
-    assert m["embedding"]["fingerprint"] == model_fingerprint(embedder.model_dir)
+    assert m["embedding"]["fingerprint"] == embedder.fingerprint != model_fingerprint(embedder.model_dir)
+    assert m["embedding"]["runtime"] == "onnx-int8"  # int8 vectors are not torch's: the manifest says so
     assert m["index"]["type"] == "flat" and m["index"]["metric"] == "inner_product" and m["index"]["ntotal"] == m["chunk_count"]
     assert len(m["docs"]) == 16 and {d["doc_id"] for d in m["docs"]} >= {"volcanoes.html", "aurora.md", "tides.txt"}
     volcano = next(d for d in m["docs"] if d["doc_id"] == "volcanoes.html")
@@ -139,6 +141,19 @@ def test_manifest_content(built, embedder):
             row = next(r for r in rows if r["chunk_id"] == cid)
             assert (row["start"], row["end"]) == (start, end) and row["doc_id"] == d["doc_id"]
     assert len(m["content_hash"]) == 64 and m["created_at"]
+
+
+def test_an_index_refuses_an_embedder_with_other_numerics(built, tmp_path):
+    from evaluators.embedding import Embedder
+    from gateway.grounding.builder import add_documents
+
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    extra = tmp_path / "extra.txt"
+    extra.write_text("A new page about tide tables.")
+    with pytest.raises(ValueError, match=r"runtime onnx-int8\).*runtime torch\)"):
+        add_documents(copy, iter_documents([extra]), Embedder(runtime="torch"), progress=False)
 
 
 def test_recall_at_3(built, embedder):
@@ -304,7 +319,7 @@ async def test_stage_injects_numbered_passages_and_reports_them(built, embedder)
 def test_cli_build_query_info_delete(tmp_path, capsys, monkeypatch, embedder):
     import gateway.cli.index as cli
 
-    monkeypatch.setattr(cli, "_embedder", lambda model: embedder)
+    # the CLI's embedder is the process-wide shared one (the `embedder` fixture), loaded once
     out = tmp_path / "cli-index"
     assert cli.main(["build", str(DOCS), "-o", str(out), "--index-type", "flat", "--no-progress"]) == 0
     assert cli.main(["query", str(out), "Which bridge supplied water to Nimes?", "-k", "2"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import numpy as np
 from evaluators.embedding import Embedder
 from evaluators.safety.head import Head, sha256_file
 from evaluators.safety.windows import WindowedScorer, split_sentences, split_windows
+
+log = logging.getLogger("gatehouse.safety")
 
 ARTIFACT_DIR = Path(__file__).parent / "artifacts"
 DEFAULT_HEAD = ARTIFACT_DIR / "minilm_head.npz"
@@ -73,6 +76,19 @@ class MiniLMHeadScorer(WindowedScorer):
         self.overlap = overlap
         manifest = path.parent / "MANIFEST.json"
         self.manifest = json.loads(manifest.read_text()) if manifest.exists() else {}
+        trained_with = self.manifest.get("embedder")
+        trained_on = trained_with.get("fingerprint_sha256") if isinstance(trained_with, dict) else None
+        serving = getattr(embedder, "fingerprint", None)
+        if trained_on and serving and trained_on != serving:
+            # still usable (int8 and fp32 vectors agree to cosine ~0.99), but its
+            # measured quality was for the other runtime: say so once, at load
+            log.warning(
+                "safety head %s was trained on %s embeddings (%s) but the embedder is %s (%s); "
+                "scores shift slightly. Retrain with `python -m tuning.train_safety_head` "
+                "or set embedding.runtime to match",
+                path, trained_with.get("runtime", "torch"), trained_on[:12],  # type: ignore[union-attr]
+                getattr(embedder, "runtime", "?"), serving[:12],
+            )
         self._init_batcher(max_batch, max_wait, on_batch)
 
     def units(self, text: str) -> list[str]:

@@ -1,10 +1,13 @@
 """gatehouse index: build, update and query grounding indexes.
 
-    gatehouse index build DOCS_DIR -o INDEX_DIR [--index-type auto|flat|hnsw|ivfpq] [--model DIR]
+    gatehouse index build DOCS_DIR -o INDEX_DIR [--index-type auto|flat|hnsw|ivfpq] [--model DIR] [--runtime R]
     gatehouse index add INDEX_DIR DOCS...            add or replace documents (by doc id)
     gatehouse index delete INDEX_DIR --doc ID [--doc ID ...]
     gatehouse index query INDEX_DIR "question" [-k 5] [--min-score 0]
     gatehouse index info INDEX_DIR
+
+``--runtime`` (onnx-int8, onnx, torch) must match the gateway's ``embedding.runtime``;
+``add`` and ``query`` default to the runtime the index was built with.
 
 A doc id is the file's path relative to the directory it was found under
 (``add`` of a single file: its name), e.g. ``faq/billing.md``.
@@ -21,6 +24,7 @@ import time
 # before faiss loads OpenMP: spinning worker threads collapse k-means on a busy box
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from evaluators.embedding import RUNTIMES
 from gateway.grounding.builder import INDEX_TYPES
 
 
@@ -32,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", required=True, help="index directory (created; a new version if it exists)")
     b.add_argument("--index-type", choices=INDEX_TYPES, default="auto")
     b.add_argument("--model", help="sentence-transformers model directory (default: bundled MiniLM)")
+    b.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8",
+                   help="embedding runtime; must match the gateway's embedding.runtime (default: %(default)s)")
     b.add_argument("--max-chars", type=int, default=800, help="chunk size in characters (default: %(default)s)")
     b.add_argument("--overlap", type=int, default=1, help="sentences shared by consecutive chunks (default: %(default)s)")
     b.add_argument("--no-progress", action="store_true")
@@ -39,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("index_dir")
     a.add_argument("docs", nargs="+")
     a.add_argument("--model")
+    a.add_argument("--runtime", choices=RUNTIMES, help="default: the runtime the index was built with")
     a.add_argument("--no-progress", action="store_true")
     d = sub.add_parser("delete", help="remove documents by doc id")
     d.add_argument("index_dir")
@@ -49,22 +56,27 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("-k", type=int, default=5)
     q.add_argument("--min-score", type=float, default=0.0)
     q.add_argument("--model")
+    q.add_argument("--runtime", choices=RUNTIMES, help="default: the runtime the index was built with")
     q.add_argument("--json", action="store_true")
     i = sub.add_parser("info", help="print an index's manifest summary")
     i.add_argument("index_dir")
     return p
 
 
-def _embedder(model: str | None):
-    from evaluators.embedding import Embedder
+def _embedder(model: str | None, runtime: str | None, index_dir: str | None = None):
+    from evaluators.embedding import shared_embedder
 
-    return Embedder(model) if model else Embedder()
+    if runtime is None and index_dir is not None:
+        from gateway.grounding.index import read_manifest
+
+        runtime = read_manifest(index_dir)["embedding"].get("runtime", "torch")  # built before runtimes existed
+    return shared_embedder(model, runtime)  # type: ignore[arg-type]
 
 
 def _summary(m: dict) -> str:
     return (
         f"{m['version']}: {len(m['docs'])} docs, {m['chunk_count']} chunks, {m['index']['type']} "
-        f"(dim {m['embedding']['dimension']}, {m['embedding']['model_id']}), hash {m['content_hash'][:12]}"
+        f"(dim {m['embedding']['dimension']}, {m['embedding']['model_id']}, {m['embedding'].get('runtime', 'torch')}), hash {m['content_hash'][:12]}"
     )
 
 
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "build":
             docs = iter_documents([args.docs_dir])
-            embedder = _embedder(args.model)
+            embedder = _embedder(args.model, args.runtime)
             t = time.perf_counter()
             m = builder.build_index(
                 docs, args.output, embedder, index_type=args.index_type,
@@ -85,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"built {_summary(m)} in {time.perf_counter() - t:.1f}s -> {args.output}")
         elif args.cmd == "add":
-            m = builder.add_documents(args.index_dir, iter_documents(args.docs), _embedder(args.model), progress=not args.no_progress)
+            m = builder.add_documents(args.index_dir, iter_documents(args.docs), _embedder(args.model, args.runtime, args.index_dir),
+                                      progress=not args.no_progress)
             print(f"updated {_summary(m)}")
         elif args.cmd == "delete":
             m = builder.delete_documents(args.index_dir, args.doc)
             print(f"updated {_summary(m)}")
         elif args.cmd == "query":
             index = GroundingIndex.load(args.index_dir)
-            vec = _embedder(args.model).encode([args.question])[0]
+            vec = _embedder(args.model, args.runtime, args.index_dir).encode([args.question])[0]
             hits = index.search(vec, args.k, args.min_score)
             if args.json:
                 print(json.dumps([{"chunk_id": h.chunk_id, "doc_id": h.doc_id, "title": h.title, "score": h.score, "text": h.text} for h in hits], indent=1, ensure_ascii=False))

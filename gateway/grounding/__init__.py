@@ -21,15 +21,6 @@ __all__ = ["HEADER", "GroundingIndex", "GroundingOptions", "GroundingStage", "Hi
 log = logging.getLogger("gatehouse.grounding")
 
 
-def _embedder(services: Any) -> Any:
-    settings = services.settings
-    if settings.grounding.embedder:
-        from evaluators.embedding import shared_embedder
-
-        return shared_embedder(settings.resolve_path(settings.grounding.embedder))
-    return services.embedder()
-
-
 async def build_stage(services: Any, *, poll_seconds: float = 1.0) -> Stage | None:
     settings = services.settings
     routed = {r.name: r.grounding for r in settings.routes if r.grounding}
@@ -39,7 +30,7 @@ async def build_stage(services: Any, *, poll_seconds: float = 1.0) -> Stage | No
         return None
     from evaluators.embedding import model_fingerprint
 
-    embedder = _embedder(services)
+    embedder = services.embedder()  # grounding.embedder or the bundled MiniLM
     fingerprint = getattr(embedder, "fingerprint", None) or model_fingerprint(Path(embedder.model_dir))
     holders: dict[str, IndexHolder] = {}
     for name, path in settings.grounding.indexes.items():
@@ -47,9 +38,10 @@ async def build_stage(services: Any, *, poll_seconds: float = 1.0) -> Stage | No
         emb = holder.current.manifest["embedding"]
         if int(emb["dimension"]) != int(embedder.dimension) or emb["fingerprint"] != fingerprint:
             raise ValueError(
-                f"grounding.indexes.{name}: built with {emb['model_id']} ({emb['fingerprint'][:12]}, dim {emb['dimension']}) "
-                f"but the gateway embeds with {embedder.model_id} ({fingerprint[:12]}, dim {embedder.dimension}); "
-                "rebuild the index or set grounding.embedder"
+                f"grounding.indexes.{name}: built with {emb['model_id']} ({emb['fingerprint'][:12]}, dim {emb['dimension']}, "
+                f"runtime {emb.get('runtime', 'torch')}) but the gateway embeds with {embedder.model_id} ({fingerprint[:12]}, "
+                f"dim {embedder.dimension}, runtime {getattr(embedder, 'runtime', 'torch')}); rebuild the index "
+                "(`gatehouse index build --runtime ...`) or set grounding.embedder / embedding.runtime to match"
             )
         holder.start()
         holders[name] = holder

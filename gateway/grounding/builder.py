@@ -218,7 +218,8 @@ def _embedding_info(embedder: Any) -> dict[str, Any]:
     from evaluators.embedding import model_fingerprint
 
     fp = getattr(embedder, "fingerprint", None) or model_fingerprint(Path(embedder.model_dir))
-    return {"model_id": embedder.model_id, "model_dir": str(embedder.model_dir), "fingerprint": fp, "dimension": int(embedder.dimension)}
+    return {"model_id": embedder.model_id, "model_dir": str(embedder.model_dir), "fingerprint": fp,
+            "runtime": getattr(embedder, "runtime", "torch"), "dimension": int(embedder.dimension)}
 
 
 def _rows_and_docs(documents: list[Document], max_chars: int, overlap: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -268,8 +269,9 @@ def _check_model(manifest: dict[str, Any], info: dict[str, Any]) -> None:
     if manifest["embedding"]["fingerprint"] != info["fingerprint"]:
         raise ValueError(
             f"this index was built with {manifest['embedding']['model_id']} (fingerprint "
-            f"{manifest['embedding']['fingerprint'][:12]}); the embedder given is {info['model_id']} "
-            f"({info['fingerprint'][:12]}). Rebuild with `gatehouse index build` or pass --model"
+            f"{manifest['embedding']['fingerprint'][:12]}, runtime {manifest['embedding'].get('runtime', 'torch')}); "
+            f"the embedder given is {info['model_id']} ({info['fingerprint'][:12]}, runtime {info['runtime']}). "
+            "Rebuild with `gatehouse index build`, or pass the same --model and --runtime"
         )
 
 
