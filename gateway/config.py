@@ -181,7 +181,10 @@ class SafetySettings(Strict):
     model_dir: str | None = None  # detoxify: local config/tokenizer directory; minilm-head: embedder
     head: str | None = None  # minilm-head: trained head artifact (default: shipped)
     max_batch: int = Field(32, ge=1)
-    max_wait_ms: float = Field(2.0, ge=0)
+    # 0: an idle model runs at once with whatever is queued; texts that arrive while it is
+    # busy form the next batch. A wait only pays when a batched forward pass is cheaper per
+    # text (torch, detoxify); the default int8 runtime runs one text at a time anyway.
+    max_wait_ms: float = Field(0.0, ge=0)
 
 
 class RecitationSettings(Strict):

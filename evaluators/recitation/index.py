@@ -516,7 +516,7 @@ class RecitationIndex:
         """``check`` in a worker thread, batched across concurrent callers."""
         if self._batcher is None:
             self._batcher = MicroBatcher(
-                self._check_many, max_batch=16, max_wait=0.001, name="recitation"
+                self._check_many, max_batch=16, max_wait=0.0, name="recitation"  # checks are per text
             )
         return await self._batcher.submit(text)
 
