@@ -115,7 +115,18 @@ def build_onnx(model_dir: Path, fingerprint: str, variant: OnnxVariant, cache_di
     path = cache / name
     if path.exists():
         return path
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=cache, prefix=".probe-")
+        probe.close()
+    except OSError as exc:  # e.g. a read-only root filesystem without a baked cache
+        fallback = Path(tempfile.mkdtemp(prefix="gatehouse-onnx-"))
+        log.warning(
+            "ONNX cache %s is not writable (%s); exporting to %s for this process only. "
+            "Set embedding.cache_dir or GATEHOUSE_CACHE_DIR to a writable or pre-built directory",
+            cache, exc, fallback,
+        )
+        cache, path = fallback, fallback / name
     pooling = pooling_mode(model_dir)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"

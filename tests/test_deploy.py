@@ -235,6 +235,10 @@ def test_dockerfile_static() -> None:
                 if not any(ch in s for ch in "*?["):
                     assert (ROOT / s).exists(), s
     assert "ENTRYPOINT" in text and "gatehouse" in text
+    # the ONNX encoder is exported at build time and shipped, because the pod's root fs is read-only
+    assert re.search(r"RUN .*Embedder\(runtime='onnx-int8'\)", text)
+    assert "COPY --from=build /opt/gatehouse-cache /opt/gatehouse-cache" in text
+    assert text.count("GATEHOUSE_CACHE_DIR=/opt/gatehouse-cache") == 2
 
 
 def test_compose_static() -> None:

@@ -88,3 +88,14 @@ def test_cache_dir_comes_from_the_environment() -> None:
     from evaluators.onnx_encoder import default_cache_dir
 
     assert default_cache_dir() == Path(os.environ["GATEHOUSE_CACHE_DIR"])  # set by conftest
+
+
+def test_an_unwritable_cache_falls_back_to_a_private_export(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")  # mkdir below it fails (even as root, unlike a chmod)
+    model = bundled_minilm_path()
+    with caplog.at_level("WARNING", logger="gatehouse.embedding"):
+        path = build_onnx(model, model_fingerprint(model), "fp32", blocker / "cache")
+    assert path.exists() and not str(path).startswith(str(blocker))
+    assert "not writable" in caplog.text and "embedding.cache_dir" in caplog.text
+    shutil.rmtree(path.parent, ignore_errors=True)
