@@ -137,11 +137,28 @@ def build_onnx(model_dir: Path, fingerprint: str, variant: OnnxVariant, cache_di
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             result = Path(tmp) / "int8.onnx"
-            quantize_dynamic(
-                fp32, result, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-            )
+            # onnxruntime logs (to the root logger) a hint to run its pre-processing first;
+            # that pass fails on this graph ("Incomplete symbolic shape inference"), so the
+            # hint is noise here
+            hint = _DropMessage("Please consider to run pre-processing")
+            logging.getLogger().addFilter(hint)
+            try:
+                quantize_dynamic(
+                    fp32, result, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+                )
+            finally:
+                logging.getLogger().removeFilter(hint)
         os.replace(result, path)  # atomic: a concurrent worker sees no file or the whole file
     return path
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 class OnnxEncoder:
