@@ -26,7 +26,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -190,15 +190,23 @@ def _max_seq_tokens(model_dir: Path) -> int:
     return min(int(declared or MAX_SEQ_TOKENS), MAX_SEQ_TOKENS)
 
 
+def _env_runtime() -> Runtime:
+    value = os.environ.get("GATEHOUSE_EMBED_RUNTIME", "onnx-int8")
+    if value not in RUNTIMES:
+        raise ValueError(f"GATEHOUSE_EMBED_RUNTIME={value!r}: use one of {', '.join(RUNTIMES)}")
+    return value  # type: ignore[return-value]
+
+
 @dataclass
 class EmbeddingDefaults:
     """What ``Embedder()`` and ``shared_embedder()`` use when not told otherwise.
 
     The gateway sets these once at startup from its config (``embedding.runtime``,
     ``server.model_threads``), before any embedder is built, so safety, grounding and
-    the local embeddings provider share one runtime."""
+    the local embeddings provider share one runtime. Offline jobs (training, eval)
+    take ``GATEHOUSE_EMBED_RUNTIME`` from the environment."""
 
-    runtime: Runtime = "onnx-int8"
+    runtime: Runtime = field(default_factory=lambda: _env_runtime())
     threads: int = 1
     cache_dir: Path | None = None
 
