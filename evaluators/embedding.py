@@ -9,7 +9,7 @@ grounding reuse the vector safety already computed for the same user turn.
 Runtimes (``embedding.runtime`` in the gateway config):
 
 - ``onnx-int8`` (default): ONNX Runtime with int8 weights, exported from the local
-  model once and cached (``evaluators.onnx_encoder``); about 7x cheaper than
+  model once and cached (``evaluators.onnx_encoder``); about 5x cheaper than
   PyTorch per text here, vectors within cosine 0.99 of fp32.
 - ``onnx``: ONNX Runtime fp32, the same vectors as PyTorch, about 2x cheaper.
 - ``torch``: sentence-transformers on PyTorch.

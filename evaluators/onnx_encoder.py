@@ -2,9 +2,10 @@
 
 The serving path embeds every prompt and every streamed window, so the encoder's
 cost per text is the guardrails' cost per request. On this project's 2-core
-benchmark box, one MiniLM-L6 forward pass for a 24-token prompt took 9.7 ms in
-PyTorch, 4.2 ms in ONNX Runtime (fp32, same vectors: cosine 1.0000) and 1.4 ms
-with int8 weights (cosine 0.990–0.995 to fp32); see docs/benchmarks.md.
+benchmark box, on one thread, ONNX Runtime fp32 was about 2x cheaper than PyTorch
+with the same vectors (cosine 1.0000) and int8 weights about 5x cheaper (cosine
+0.989 or more to PyTorch): ``python tests/bench/bench_embedding.py``, figures in
+docs/benchmarks.md.
 
 The graph is exported here from the local model with ``torch.onnx.export`` (no
 download, no optimum), with the sentence-transformers pooling and L2
