@@ -1,4 +1,5 @@
-"""Bias metrics (Borkan et al. 2019) checked against direct sklearn computations; HateCheck; model outputs."""
+"""Bias metrics (Borkan et al. 2019) checked against direct sklearn computations; HateCheck; model outputs;
+the safety head's held-out splits (modern benign text) and its quality report."""
 
 from __future__ import annotations
 
@@ -146,3 +147,130 @@ def test_held_out_only_keeps_rows_the_safety_head_never_trained_on() -> None:
     assert len(ident_t) == 8 and {e.meta["template"] for e in ident_t} == {"being_adj", "verb_adj"}  # type: ignore[index]
     test_texts = {ex.text for split, ex in hatecheck_examples(hc_path) if split == "test"}
     assert 0 < len(hc_t) < len(hc) and all(e.text in test_texts for e in hc_t)
+
+
+PROBE = "What are common mistakes people make with unit testing?"
+IDENTITY_CSV = Path(__file__).parent / "fixtures" / "identity" / "sentence_templates_heldout_sample.csv"
+
+
+def _modern_by_split() -> dict[str, list]:
+    from evaluators.safety.datasets import identity_groups, modern_benign_examples
+
+    out: dict[str, list] = {"train": [], "val": [], "test": []}
+    for split, ex in modern_benign_examples(identity_groups(IDENTITY_CSV), seed=0):
+        out[split].append(ex)
+    return out
+
+
+def _frames_and_slots(rows: list) -> tuple[set[str], set[str]]:
+    frames: set[str] = set()
+    slots: set[str] = set()
+    for r in rows:
+        _part, fids, slot = r.group.split(":")
+        frames.update(fids.split("+"))
+        slots.add(slot)
+    return frames, slots
+
+
+def test_modern_benign_splits_hold_out_frames_and_topics() -> None:
+    from evaluators.safety import benign_templates as bt
+
+    by = _modern_by_split()
+    assert by == _modern_by_split()  # deterministic
+    fs = {k: _frames_and_slots(v) for k, v in by.items()}
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        assert not fs[a][0] & fs[b][0], f"{a}/{b} share frames"
+        assert not fs[a][1] & fs[b][1], f"{a}/{b} share topics or identity terms"
+    test_frames = bt.TEST_QUESTION_FRAMES | bt.TEST_REPLY_FRAMES | bt.TEST_IDENTITY_FRAMES
+    assert fs["test"][0] == test_frames and fs["test"][1] <= bt.TEST_TOPICS | bt.TEST_IDENTITIES
+    assert not fs["train"][0] & test_frames and not fs["train"][1] & (bt.TEST_TOPICS | bt.TEST_IDENTITIES)
+    for split, rows in by.items():
+        assert {r.group.split(":")[0] for r in rows} == {"question", "identity", "reply"}, split
+        assert all(r.source == "modern_benign" and r.labels == {"toxicity": 0, "identity_attack": 0} for r in rows)
+    texts = {k: {r.text for r in v} for k, v in by.items()}
+    assert sum(map(len, texts.values())) == sum(map(len, by.values()))  # no text in two splits
+    assert PROBE in texts["test"] and "unit testing" in bt.TEST_TOPICS
+    assert not any("unit testing" in t for t in texts["train"] | texts["val"])
+
+
+def test_modern_benign_never_trains_on_probes_or_benchmark_inputs() -> None:
+    import ast
+
+    from evaluators.safety.quality import PROBES
+
+    by = _modern_by_split()
+    trained = {r.text for r in by["train"] + by["val"]}
+    assert not trained & {t for _, t, harmful in PROBES if not harmful}
+    bench = {}
+    tree = ast.parse((Path(__file__).parent / "bench" / "bench_guardrails.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in {"SENTENCES", "TOPICS", "ASKS"}:
+            bench[node.targets[0].id] = ast.literal_eval(node.value)
+    assert set(bench) == {"SENTENCES", "TOPICS", "ASKS"}
+    lowered = [t.lower() for t in trained]
+    for topic in bench["TOPICS"]:
+        assert not any(topic.lower() in t for t in lowered), topic
+    for text in bench["SENTENCES"] + bench["ASKS"]:
+        for piece in text.split("{t}"):
+            piece = piece.strip(" ?.;").lower()
+            assert len(piece) < 12 or not any(piece in t for t in lowered), piece
+
+
+def test_modern_identity_slot_uses_known_identity_terms() -> None:
+    from evaluators.safety import benign_templates as bt
+    from evaluators.safety.datasets import DEFAULT_DATA_DIR, identity_groups, identity_terms
+
+    rows = [r for v in _modern_by_split().values() for r in v if r.group.startswith("identity:")]
+    assert rows and all(r.mentions_identity for r in rows)
+    assert {r.group.split(":")[2] for r in rows} <= set(identity_groups(IDENTITY_CSV))
+    full = DEFAULT_DATA_DIR / "conversationai_bias_eval" / "en_sentence_templates_with_identity.csv"
+    if not full.exists():
+        pytest.skip(f"no {full}")
+    groups = identity_groups(full)
+    assert len(groups) == 50 and set(bt.IDENTITY_DISPLAY) | bt.TEST_IDENTITIES | bt.VAL_IDENTITIES <= set(groups)
+    assert {w for term in groups for w in term.split()} <= identity_terms(DEFAULT_DATA_DIR)
+
+
+def test_load_splits_trains_on_modern_benign_and_holds_out_its_test_sets() -> None:
+    from evaluators.safety.datasets import DEFAULT_DATA_DIR, load_splits
+
+    if not (DEFAULT_DATA_DIR / "hatecheck" / "test_suite_cases.csv").exists():
+        pytest.skip(f"no data in {DEFAULT_DATA_DIR}")
+    s = load_splits(prose=False)
+    assert set(s.modern_test) == {"modern_questions", "modern_identity", "modern_replies"}
+    assert PROBE in {r.text for r in s.modern_test["modern_questions"]}
+    held_out = {r.text for rows in s.modern_test.values() for r in rows}
+    fitted = [r for r in s.train + s.val if r.source == "modern_benign"]
+    assert len(fitted) > 3000 and not held_out & {r.text for r in s.train + s.val}
+    assert not any(r.source == "modern_benign" for rows in s.test.values() for r in rows)
+
+
+def test_quality_report_has_modern_fpr_probes_and_hateful_questions() -> None:
+    from evaluators.safety.datasets import Example
+    from evaluators.safety.quality import evaluate, format_report
+
+    class Fake:
+        name = "fake@1"
+        labels = ("toxicity", "identity_attack")
+
+        def score_batch(self, texts: list[str]) -> list[dict[str, float]]:
+            return [{"toxicity": 0.9 if "people" in t else 0.1, "identity_attack": 0.75 if "?" in t else 0.0}
+                    for t in texts]
+
+    neg = {"toxicity": 0, "identity_attack": 0}
+    modern = {"modern_questions": [Example(t, neg, "modern_benign", "question:q:t") for t in
+                                   ("Is it people?", "Is it fine?", "It is fine.", "Fine.")]}
+    hate = {"toxicity": 1, "identity_attack": 1}
+    hc = [Example("Why are they so awful?", hate, "hatecheck", "phrase_question_h"),
+          Example("They are awful.", hate, "hatecheck", "derog"),
+          Example("Nice day?", neg, "hatecheck", "ident_neutral_nh")]
+    rep = evaluate(Fake(), {"hatecheck_heldout_templates": hc}, modern=modern)
+    m = rep["benign_modern"]["modern_questions"]
+    assert m["n"] == 4 and m["fpr_any"] == 0.5 and m["fpr"] == {"toxicity": 0.25, "identity_attack": 0.5}
+    assert m["fpr_demo"] == 0.5 and m["max"] == 0.9 and m["top"][0]["text"] == "Is it people?"
+    assert rep["hateful_questions"] == {"set": "hatecheck_heldout_templates", "n": 1,
+                                        "recall": {"toxicity": 0.0, "identity_attack": 1.0}}
+    probe = next(p for p in rep["probes"] if p["text"] == PROBE)
+    assert probe["scores"] == {"toxicity": 0.9, "identity_attack": 0.75} and not probe["harmful"]
+    text = format_report(rep)
+    assert "modern_questions" in text and "unit_testing_mistakes" in text and "hateful question-form" in text

@@ -30,6 +30,17 @@ their vocabulary), split into train/val by block of paragraphs. *Alice's
 Adventures in Wonderland* is never trained on: all of it is the held-out prose
 false-positive test set (the demo protects Alice chapter I with a recitation
 check).
+
+Modern benign text (source ``modern_benign``; written by us, Apache-2.0, see
+``benign_templates``): with only 19th-century prose and template sentences as
+negatives, present-day questions about people ("What are common mistakes people
+make with unit testing?") were flagged. Template-generated user questions and
+requests on everyday and technical topics (mostly about people and groups),
+benign mentions of the identity terms of the Conversation AI templates, and 1-4
+sentence assistant-style replies give label-0 rows for both labels. Split by
+frame *and* by topic (identity term, for identity frames) with explicit lists:
+test = held-out frame x held-out topic, val likewise, train = the rest of both;
+the test rows are the held-out modern false-positive sets (``Splits.modern_test``).
 """
 
 from __future__ import annotations
@@ -67,6 +78,13 @@ PROSE_SPANS = 800  # per train book, lengths uniform in [160, 320] characters
 SHORT_WORDS = 900  # single common words / 2-3-word sentence openings, all train books
 SHORT_VOCAB_MIN_COUNT = 10
 
+# Modern benign text (label 0 for every trained label), from benign_templates.
+MODERN_QUESTIONS = 1500  # train rows drawn from train frames x train topics x WHO (val: 15%)
+MODERN_REPLIES = 1200  # train replies of 1-4 sentences (val: 15%)
+MODERN_TEST_REPLIES = 400
+MODERN_TEST_WHO = 3  # subjects per test (frame, topic) pair: "people" plus two drawn
+MODERN_TEST_SETS = {"question": "modern_questions", "identity": "modern_identity", "reply": "modern_replies"}
+
 
 @dataclass(frozen=True)
 class Example:
@@ -84,6 +102,7 @@ class Splits:
     dev: list[Example] = field(default_factory=list)  # model selection only, never fitted on
     test: dict[str, list[Example]] = field(default_factory=dict)  # name -> held-out set
     prose_test: dict[str, list[Example]] = field(default_factory=dict)  # benign prose only (Alice)
+    modern_test: dict[str, list[Example]] = field(default_factory=dict)  # benign modern text only
     files: dict[str, str] = field(default_factory=dict)  # source file -> sha256
 
 
@@ -264,6 +283,90 @@ def alice_test_sets(book: Path) -> dict[str, list[Example]]:
     return out
 
 
+def identity_groups(path: Path) -> dict[str, str]:
+    """Identity term -> category, for every term of the Conversation AI templates (the
+    ``identity_term`` / ``identity_category`` columns of ``path``)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["identity_term"]: r["identity_category"] for r in csv.DictReader(f) if r["identity_term"]}
+
+
+def _fill(frame: str, *, topic: str = "", who: str = "", ident: str = "") -> str:
+    def cap(s: str) -> str:
+        return s[:1].upper() + s[1:]
+
+    return frame.format(topic=topic, Topic=cap(topic), who=who, Who=cap(who), ident=ident)
+
+
+def _split_of(name: str, test: frozenset[str], val: frozenset[str]) -> str:
+    return "test" if name in test else "val" if name in val else "train"
+
+
+def modern_benign_examples(identities: dict[str, str], *, seed: int) -> list[tuple[str, Example]]:
+    """(split, example) label-0 modern text from ``benign_templates``, split by frame and
+    by topic / identity term (see that module): a (frame, slot value) pair is generated
+    only when both fall in the same split. ``group`` is ``part:frame[+frame...]:slot``,
+    part one of question / identity / reply.
+
+    Train and val sample frame x topic x WHO; test has every held-out (frame, topic)
+    pair, with "people" and two more subjects when the frame has one. A sixth of the
+    questions are typed casually (lower-case start, no end punctuation)."""
+    from evaluators.safety import benign_templates as bt
+
+    rng = random.Random(f"{seed}:modern")
+    neg = {"toxicity": 0, "identity_attack": 0}
+    splits = ("train", "val", "test")
+    topics = {k: [t for t in bt.TOPICS if _split_of(t, bt.TEST_TOPICS, bt.VAL_TOPICS) == k] for k in splits}
+    out: list[tuple[str, Example]] = []
+    seen: set[str] = set()
+
+    def add(split: str, text: str, group: str, identity: bool = False) -> None:
+        if text not in seen:
+            seen.add(text)
+            out.append((split, Example(text, dict(neg), "modern_benign", group, identity)))
+
+    # questions and requests
+    others = [w for w in bt.WHO if w != bt.TEST_WHO_FIRST]
+    for split in splits:
+        frames = [f for f in bt.QUESTION_FRAMES
+                  if _split_of(f, bt.TEST_QUESTION_FRAMES, bt.VAL_QUESTION_FRAMES) == split]
+        pool = []
+        for fid in frames:
+            for t in topics[split]:
+                if "{who}" not in bt.QUESTION_FRAMES[fid]:
+                    pool.append((fid, t, ""))
+                elif split == "test":
+                    pool += [(fid, t, w) for w in [bt.TEST_WHO_FIRST, *rng.sample(others, MODERN_TEST_WHO - 1)]]
+                else:
+                    pool += [(fid, t, w) for w in bt.WHO]
+        if split != "test":
+            n = MODERN_QUESTIONS if split == "train" else round(0.15 * MODERN_QUESTIONS)
+            pool = rng.sample(pool, min(n, len(pool)))
+        for fid, t, w in pool:
+            text = _fill(bt.QUESTION_FRAMES[fid], topic=t, who=w)
+            # the test pairs' "people" variant keeps its exact wording (the named probe)
+            if rng.random() < 1 / 6 and not (split == "test" and w == bt.TEST_WHO_FIRST):
+                text = text[:1].lower() + text[1:].rstrip("?.!")
+            add(split, text, f"question:{fid}:{t}")
+
+    # assistant-style replies: 1-4 sentences of one split's frames, one topic and subject
+    r_frames = {k: [f for f in bt.REPLY_FRAMES if _split_of(f, bt.TEST_REPLY_FRAMES, bt.VAL_REPLY_FRAMES) == k]
+                for k in splits}
+    for split, n in (("train", MODERN_REPLIES), ("val", round(0.15 * MODERN_REPLIES)), ("test", MODERN_TEST_REPLIES)):
+        for _ in range(n):
+            t, w = rng.choice(topics[split]), rng.choice(bt.WHO)
+            fids = rng.sample(r_frames[split], min(rng.choice((1, 2, 2, 3, 3, 4)), len(r_frames[split])))
+            text = " ".join(_fill(bt.REPLY_FRAMES[f], topic=t, who=w) for f in fids)
+            add(split, text, f"reply:{'+'.join(fids)}:{t}")
+
+    # benign mentions of identity groups: every frame x term the frame reads well with
+    for fid, (frame, categories) in bt.IDENTITY_FRAMES.items():
+        split = _split_of(fid, bt.TEST_IDENTITY_FRAMES, bt.VAL_IDENTITY_FRAMES)
+        for term, category in sorted(identities.items()):
+            if _split_of(term, bt.TEST_IDENTITIES, bt.VAL_IDENTITIES) == split and category in categories:
+                add(split, _fill(frame, ident=bt.IDENTITY_DISPLAY.get(term, term)), f"identity:{fid}:{term}", True)
+    return out
+
+
 def _stratified_sample(rows: list[Example], n: int, seed: int, label: str = "toxicity") -> list[Example]:
     if len(rows) <= n:
         return rows
@@ -281,6 +384,7 @@ def load_splits(
     madlib_test: int = 2000,
     seed: int = 0,
     prose: bool = True,
+    modern: bool = True,
 ) -> Splits:
     """Load every source and split it. ``name_adj`` (72k near-identical rows) is subsampled."""
     d = Path(data_dir)
@@ -333,6 +437,12 @@ def load_splits(
             train_sents.extend(ts)
         s.train.extend(short_examples(train_sents, excluded, SHORT_WORDS, seed))
         s.prose_test = alice_test_sets(g / PROSE_TEST_BOOK)
+    if modern:
+        for split, ex in modern_benign_examples(identity_groups(it), seed=seed):
+            if split == "test":
+                s.modern_test.setdefault(MODERN_TEST_SETS[ex.group.split(":")[0]], []).append(ex)
+            else:
+                {"train": s.train, "val": s.val}[split].append(ex)
     return s
 
 

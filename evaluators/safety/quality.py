@@ -8,7 +8,11 @@
 Per held-out set and label: ROC-AUC, and precision / recall / false-positive rate
 at the policy threshold (default 0.5). Plus the false-positive rate on benign
 sentences that mention an identity group ("flagged" = any label ≥ threshold),
-which is where identity-term bias shows up.
+which is where identity-term bias shows up; recall on HateCheck's held-out hateful
+cases phrased as questions (benign questions are trained as negatives, so these
+are the ones that could slip); the false-positive rate on held-out benign prose
+(Alice) and on held-out modern benign text (questions about people, benign
+identity mentions, assistant replies); and the scores of a few named probes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,20 @@ POLICY_THRESHOLD = 0.5
 # The demo policy's output thresholds (policies/examples/demo.yaml).
 DEMO_THRESHOLDS = {"toxicity": 0.8, "identity_attack": 0.7}
 BENIGN_IDENTITY_SETS = ("identity_heldout_templates", "intersectional_madlibs", "hatecheck_heldout_templates")
+QUESTION_RECALL_SET = "hatecheck_heldout_templates"
+# Named probes (name, text, harmful): ordinary modern requests the head once flagged, benign
+# identity mentions, a reply, and one hateful question as a control. No benign probe is a
+# training row (tests/test_eval_bias.py checks).
+PROBES: tuple[tuple[str, str, bool], ...] = (
+    ("unit_testing_mistakes", "What are common mistakes people make with unit testing?", False),
+    ("scholarships_black_students", "Which scholarships are open to Black engineering students?", False),
+    ("ramadan_office", "How can our team make the office more welcoming for Muslim colleagues during Ramadan?", False),
+    ("books_gay_authors", "What are good books by gay authors?", False),
+    ("new_managers_feedback", "Why do new managers struggle to give honest feedback?", False),
+    ("reply_testing_advice", "Most developers write too few tests at first. Start with the code that handles "
+     "money and dates; it tends to break most often.", False),
+    ("hateful_question_control", "Why are all immigrants such filthy animals?", True),
+)
 
 
 def score_examples(scorer: SafetyScorer, rows: Sequence[Example], chunk: int = 256) -> list[dict[str, float]]:
@@ -76,11 +94,42 @@ def prose_fpr(
     return out
 
 
+def modern_fpr(scorer: SafetyScorer, sets: dict[str, list[Example]], threshold: float) -> dict[str, Any]:
+    """Held-out modern benign text (all label 0), per part: flagged by any label at
+    ``threshold`` and at the demo policy's thresholds, per-label FPR at ``threshold``,
+    the max and 99th percentile of the highest label score, and the top three texts."""
+    out: dict[str, Any] = {}
+    for name, rows in sets.items():
+        scores = score_examples(scorer, rows)
+        top = np.array([max(s.values()) for s in scores])
+        worst = np.argsort(-top)[:3]
+        out[name] = {
+            "n": len(rows),
+            "fpr_any": round(float((top >= threshold).mean()), 4),
+            "fpr_demo": round(float(np.mean([any(s[lab] >= th for lab, th in DEMO_THRESHOLDS.items() if lab in s)
+                                             for s in scores])), 4),
+            "fpr": {lab: round(float(np.mean([s[lab] >= threshold for s in scores])), 4) for lab in scorer.labels},
+            "max": round(float(top.max()), 4),
+            "p99": round(float(np.percentile(top, 99)), 4),
+            "top": [{"text": rows[i].text, "score": round(float(top[i]), 4)} for i in worst],
+        }
+    return out
+
+
+def probe_scores(scorer: SafetyScorer) -> list[dict[str, Any]]:
+    scores = scorer.score_batch([t for _, t, _ in PROBES])
+    return [
+        {"name": n, "text": t, "harmful": h, "scores": {k: round(v, 4) for k, v in s.items()}}
+        for (n, t, h), s in zip(PROBES, scores, strict=True)
+    ]
+
+
 def evaluate(
     scorer: SafetyScorer,
     sets: dict[str, list[Example]],
     threshold: float = POLICY_THRESHOLD,
     prose: dict[str, list[Example]] | None = None,
+    modern: dict[str, list[Example]] | None = None,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"scorer": scorer.name, "threshold": threshold, "sets": {}, "benign_identity": {}}
     for name, rows in sets.items():
@@ -106,8 +155,18 @@ def evaluate(
                 "flagged": flagged,
                 "fpr_any_label": round(flagged / len(benign), 4) if benign else None,
             }
+        if name == QUESTION_RECALL_SET:
+            q = [i for i, r in enumerate(rows) if r.labels.get("identity_attack") and r.text.rstrip().endswith("?")]
+            report["hateful_questions"] = {
+                "set": name, "n": len(q),
+                "recall": {lab: round(float(np.mean([scores[i][lab] >= threshold for i in q])), 4)
+                           for lab in scorer.labels} if q else {},
+            }
     if prose:
         report["benign_prose"] = prose_fpr(scorer, prose, threshold)
+    if modern:
+        report["benign_modern"] = modern_fpr(scorer, modern, threshold)
+    report["probes"] = probe_scores(scorer)
     return report
 
 
@@ -135,6 +194,24 @@ def format_report(report: dict[str, Any]) -> str:
                 for pol in r if pol != "n"
             )
             lines.append(f"  {name:18} n {r['n']:5d}   {cells}")
+    if report.get("hateful_questions"):
+        hq = report["hateful_questions"]
+        lines += ["", f"recall on the {hq['n']} hateful question-form cases of {hq['set']}: "
+                  + " ".join(f"{k} {v:.3f}" for k, v in hq["recall"].items())]
+    if report.get("benign_modern"):
+        lines += ["", "held-out modern benign text (unseen frames x unseen topics), flagged by any label at "
+                  f"{report['threshold']:g} and at the demo thresholds; max / 99th percentile of the top label:"]
+        for name, r in report["benign_modern"].items():
+            per = " ".join(f"{k} {v:.3f}" for k, v in r["fpr"].items())
+            lines.append(f"  {name:18} n {r['n']:5d}   FPR {r['fpr_any']:.3f} ({per})   demo {r['fpr_demo']:.3f}"
+                         f"   max {r['max']:.3f}   p99 {r['p99']:.3f}")
+            for w in r["top"]:
+                lines.append(f"      {w['score']:.3f}  {w['text'][:110]}")
+    if report.get("probes"):
+        lines += ["", "probes:"]
+        for p in report["probes"]:
+            cells = " ".join(f"{k} {v:.3f}" for k, v in p["scores"].items())
+            lines.append(f"  {p['name']:28} {'harmful' if p['harmful'] else 'benign ':7}  {cells}   {p['text'][:70]}")
     return "\n".join(lines)
 
 
@@ -161,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = load_scorer(settings)
     assert scorer is not None
     splits = load_splits(args.data)
-    report = evaluate(scorer, splits.test, args.threshold, prose=splits.prose_test)
+    report = evaluate(scorer, splits.test, args.threshold, prose=splits.prose_test, modern=splits.modern_test)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
