@@ -69,9 +69,16 @@ def pooling_mode(model_dir: Path) -> Literal["mean", "cls"]:
 def _export(model_dir: Path, out: Path, pooling: str) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar in a server log is noise
+    try:
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -138,10 +145,10 @@ def build_onnx(model_dir: Path, fingerprint: str, variant: OnnxVariant, cache_di
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             result = Path(tmp) / "int8.onnx"
-            # onnxruntime logs (to the root logger) a hint to run its pre-processing first;
-            # that pass fails on this graph ("Incomplete symbolic shape inference"), so the
-            # hint is noise here
-            hint = _DropMessage("Please consider to run pre-processing")
+            # onnxruntime's quantiser logs to the root logger: a line per tensor at INFO and a
+            # hint to run its pre-processing first (that pass fails on this graph, "Incomplete
+            # symbolic shape inference"); both are noise in a gateway's log
+            hint = _QuietOnnxRuntime()
             logging.getLogger().addFilter(hint)
             try:
                 quantize_dynamic(
@@ -153,13 +160,11 @@ def build_onnx(model_dir: Path, fingerprint: str, variant: OnnxVariant, cache_di
     return path
 
 
-class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
+class _QuietOnnxRuntime(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+        if "onnxruntime" not in record.pathname:
+            return True
+        return record.levelno >= logging.ERROR
 
 
 class OnnxEncoder:
