@@ -29,6 +29,8 @@ from evaluators.safety import benign_templates as bt
 from evaluators.safety.datasets import (
     DEFAULT_DATA_DIR,
     TRAINED_LABELS,
+    WIKI_DEV_BUCKETS,
+    WIKI_TRAIN_BUCKETS,
     Example,
     load_splits,
     rows_sha256,
@@ -299,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                 "identity_templates": "by template: being_adj + verb_adj = test, you_are_adj = val, "
                                       f"name_adj subsampled to {args.name_adj} (seed {SEED}) + you_occupation + am_hate_adj = train",
                 "external_test_only": "intersectional madlibs (2,000 stratified sample), Wikipedia identity comments "
-                                      "(toxicity_nonfuzzed_testset) and their fuzzed twin, minus the dev slice",
+                                      "(toxicity_nonfuzzed_testset) and their fuzzed twin, minus the train and dev slices",
+                "wikipedia_train": f"{sum(r.source == 'wikipedia_identity' for r in splits.train)} Wikipedia identity "
+                                   f"comments (rev_id sha256 bucket 0-{WIKI_TRAIN_BUCKETS - 1} of 10), toxicity only",
                 "gutenberg_prose": prose_split_doc(),
                 "modern_benign": modern_split_doc(),
-                "wikipedia_dev": f"{len(splits.dev)} Wikipedia identity comments (rev_id sha256 bucket 0-2 of 10) "
+                "wikipedia_dev": f"{len(splits.dev)} Wikipedia identity comments (rev_id sha256 bucket "
+                                 f"{WIKI_TRAIN_BUCKETS}-{WIKI_DEV_BUCKETS - 1} of 10) "
                                  "used only to choose the head kind and regularisation, never fitted on",
             },
         },

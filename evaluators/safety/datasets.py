@@ -9,9 +9,11 @@ CC BY 4.0 (see each directory's SOURCE.md):
   contrastive variants are held out with it.
 - Conversation AI bias templates (Jigsaw / Conversation AI,
   unintended-ml-bias-analysis): split by sentence template; the intersectional
-  madlibs and the Wikipedia identity comments are never trained on (~30% of the
-  Wikipedia comments, by rev_id hash, pick the head's hyper-parameters; the
-  other ~70%, and the same rows of the fuzzed twin, are the test set).
+  madlibs are never trained on. The Wikipedia identity comments are split by
+  rev_id hash: ~20% are training rows for ``toxicity`` (the only real,
+  non-template toxic text here; the head's weakest set was real comments), ~10%
+  pick the head's hyper-parameters, and the other ~70%, with the same rows of
+  the fuzzed twin, are the test set.
 
 Labels: a row carries a value only for the labels its source can honestly give.
 ``identity_attack`` = HateCheck ``hateful`` (every hateful case targets a protected
@@ -63,7 +65,10 @@ HATECHECK_TOXIC_NOT_HATE = {"target_indiv_nh", "target_group_nh"}
 HATECHECK_TOXICITY_UNLABELLED = {"profanity_nh"}
 IDENTITY_VAL_TEMPLATES = {"you_are_adj"}
 IDENTITY_TEST_TEMPLATES = {"being_adj", "verb_adj"}
-WIKI_DEV_BUCKETS = 3  # of 10: ~30% of the Wikipedia identity comments choose the head
+# Wikipedia identity comments by rev_id hash bucket (of 10): [0, 2) train (toxicity only),
+# [2, 3) choose the head, [3, 10) test
+WIKI_TRAIN_BUCKETS = 2
+WIKI_DEV_BUCKETS = 3
 
 # Benign prose (label 0 for every trained label). Train books vs the held-out book.
 PROSE_TRAIN_BOOKS = (
@@ -408,12 +413,14 @@ def load_splits(
         else:
             {"train": s.train, "val": s.val, "test": it_test}[split].append(ex)
     s.train.extend(_stratified_sample(name_adj, name_adj_train, seed))
-    # A slice of the real Wikipedia comments is used only to choose the head's kind and
-    # regularisation (the templates cannot show domain shift); the rest is the test set.
+    # Real Wikipedia comments: a slice trains toxicity, a slice chooses the head's kind and
+    # regularisation (the templates cannot show domain shift), the rest is the test set.
     wiki = wikipedia_examples(wk, "wikipedia_identity")
     wiki_fuzzed = wikipedia_examples(wf, "wikipedia_identity_fuzzed")
-    dev = [_bucket(f"wikipedia:{r.group}") < WIKI_DEV_BUCKETS for r in wiki]  # by rev_id
-    s.dev = [r for r, d in zip(wiki, dev, strict=True) if d]
+    buckets = [_bucket(f"wikipedia:{r.group}") for r in wiki]  # by rev_id
+    dev = [b < WIKI_DEV_BUCKETS for b in buckets]  # train or dev: out of the test set
+    s.train.extend(r for r, b in zip(wiki, buckets, strict=True) if b < WIKI_TRAIN_BUCKETS)
+    s.dev = [r for r, b in zip(wiki, buckets, strict=True) if WIKI_TRAIN_BUCKETS <= b < WIKI_DEV_BUCKETS]
     s.test = {
         "hatecheck_heldout_templates": hc_test,
         "identity_heldout_templates": it_test,
