@@ -68,3 +68,15 @@ def test_config_check_cli(tmp_path):
     p.write_text("routes:\n  - name: x\n    targets: [{provider: mock, model: echo}]\n")
     r = subprocess.run([sys.executable, "-m", "gateway", "config", "check", str(p)], capture_output=True, text=True)
     assert r.returncode == 0 and "OK" in r.stdout
+
+
+def test_embedding_runtime_is_checked(tmp_path):
+    p = tmp_path / "rt.yaml"
+    p.write_text("embedding: {runtime: tensorrt}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_settings(p)
+    probs = "\n".join(ei.value.problems)
+    assert "embedding.runtime" in probs and "onnx-int8" in probs
+    p.write_text("embedding: {runtime: torch, cache_dir: ./onnx-cache}\n")
+    s = load_settings(p)
+    assert s.embedding.runtime == "torch" and s.resolve_path(s.embedding.cache_dir) == tmp_path / "onnx-cache"
