@@ -85,9 +85,12 @@ class Embedder:
             )
         self.model_id = self.model_dir.name if model_dir else "sentence-transformers/all-MiniLM-L6-v2"
         self.model_fingerprint = model_fingerprint(self.model_dir)
-        # fp32 ONNX and torch give the same vectors (cosine 1.0000); int8 does not
+        # fp32 ONNX and torch give the same vectors (cosine 1.0000); int8 does not, and its
+        # numbers change with the quantisation recipe
+        from evaluators.onnx_encoder import RECIPE_VERSION
+
         self.fingerprint = (
-            hashlib.sha256(f"{self.model_fingerprint}:{runtime}".encode()).hexdigest()
+            hashlib.sha256(f"{self.model_fingerprint}:{runtime}:r{RECIPE_VERSION}".encode()).hexdigest()
             if runtime == "onnx-int8"
             else self.model_fingerprint
         )

@@ -19,9 +19,11 @@ event loop needs the other core.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,6 +131,7 @@ def build_onnx(model_dir: Path, fingerprint: str, variant: OnnxVariant, cache_di
         probe.close()
     except OSError as exc:  # e.g. a read-only root filesystem without a baked cache
         fallback = Path(tempfile.mkdtemp(prefix="gatehouse-onnx-"))
+        atexit.register(shutil.rmtree, fallback, True)
         log.warning(
             "ONNX cache %s is not writable (%s); exporting to %s for this process only. "
             "Set embedding.cache_dir or GATEHOUSE_CACHE_DIR to a writable or pre-built directory",

@@ -41,3 +41,20 @@ def test_shipped_distilled_head_is_a_drop_in_safety_head():
     assert scorer is not None and set(scorer.labels) == set(LABELS)
     bad, ok = scorer.score_batch(["I hate all gay people, they disgust me.", "I had a lovely walk in the park."])
     assert bad["identity_attack"] > 0.5 > ok["identity_attack"]
+
+
+def test_a_trained_teacher_records_how_it_was_trained(tmp_path):
+    """A run that reuses a teacher (--teacher DIR) reports that teacher's real training."""
+    import torch
+
+    from evaluators.embedding import bundled_minilm_path
+    from tuning.jobs.distill_safety import TEACHER_RECORD, train_teacher
+
+    torch.manual_seed(0)
+    texts = ["you are all vermin", "lovely weather today", "I hate them all", "thanks for the help"]
+    labels = np.array([[1, 1], [0, 0], [1, -1], [0, 0]], dtype=np.float32)  # -1: no label
+    out = train_teacher(texts, labels, tmp_path / "teacher", base_model=bundled_minilm_path(), epochs=1,
+                        batch_size=2, train_top_layers=1)
+    record = json.loads((out / TEACHER_RECORD).read_text())
+    assert record["epochs"] == 1 and record["trained_on_rows"] == 4
+    assert record["trained_layers"].startswith("top 1 of 6")

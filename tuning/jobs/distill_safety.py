@@ -63,6 +63,9 @@ class TransformerTeacher:
         return np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
 
 
+TEACHER_RECORD = "gatehouse_teacher.json"
+
+
 def train_teacher(
     texts: Sequence[str],
     labels: np.ndarray,  # (n, 2) with -1 where a row has no label
@@ -118,6 +121,11 @@ def train_teacher(
     bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
+    # how it was trained, so a later run that reuses it (--teacher) reports the truth
+    (out_dir / TEACHER_RECORD).write_text(json.dumps({
+        "trained_on_rows": n, "epochs": epochs, "trained_layers": f"top {train_top_layers} of {len(layers)} + pooler + classifier",
+        "batch_size": batch_size, "lr": lr, "max_length": max_length, "seed": seed,
+    }, indent=2) + "\n")
     tok.save_pretrained(out_dir)
     return out_dir
 
@@ -234,11 +242,12 @@ def run(
     sdir.mkdir(exist_ok=True)
     head.save(sdir / "minilm_head.npz")
 
+    record = Path(teacher_dir) / TEACHER_RECORD
+    trained = json.loads(record.read_text()) if record.exists() else {"training": "unknown: reused teacher without a record"}
     report: dict[str, Any] = {
         "teacher": {
             "what": "MiniLM-L6 fine-tuned as a 2-label classifier (own transformer pass per text)",
-            "path": str(teacher_dir), "trained_on_rows": len(splits.train), "epochs": teacher_epochs,
-            "trained_layers": f"top {train_top_layers} of 6 + pooler + classifier",
+            "path": str(teacher_dir), **trained,
         },
         "student": {"what": "MLP head 384-64-2 on frozen MiniLM embeddings, fitted to teacher probabilities", "path": str(sdir / "minilm_head.npz")},
         "transfer_texts": len(transfer_texts),
@@ -272,6 +281,8 @@ def run(
         "head_sha256": sha256_file(sdir / "minilm_head.npz"),
         "embedder": embedder.model_id,
         "embedder_sha256": model_fingerprint(embedder.model_dir),
+        "embedder_runtime": embedder.runtime,
+        "embedder_fingerprint": embedder.fingerprint,  # the vectors the student was fitted on
         "trained_by": "python -m tuning.jobs.distill safety",
         "distilled_from": "teacher/ (MiniLM-L6 fine-tuned classifier)",
         "teacher_train_rows_sha256": rows_sha256(splits.train),
