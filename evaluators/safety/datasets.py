@@ -220,8 +220,8 @@ def prose_examples(
     train_sents: list[str] = []
     blocks = [paras[i : i + PROSE_BLOCK] for i in range(0, len(paras), PROSE_BLOCK)]
     split = {i: ("val" if _bucket(f"prose:{book.name}:{i}") == 0 else "train") for i in range(len(blocks))}
-    sents = {k: [] for k in ("train", "val")}
-    texts = {k: [] for k in ("train", "val")}
+    sents: dict[str, list[str]] = {k: [] for k in ("train", "val")}
+    texts: dict[str, list[str]] = {k: [] for k in ("train", "val")}
     for i, blk in enumerate(blocks):
         body = "\n\n".join(blk)
         texts[split[i]].append(body)

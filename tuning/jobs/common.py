@@ -140,7 +140,7 @@ def load_causal_lm(path: str | Path, cfg: TrainConfig, device: str) -> tuple[Any
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)  # type: ignore[arg-type]  # transformers types .to() for PreTrainedModel only
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

@@ -31,13 +31,14 @@ def teacher_targets(teacher_dir: str | Path, prompts: list[list[dict[str, Any]]]
 
     device = pick_device()
     tok = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
-    lm = AutoModelForCausalLM.from_pretrained(teacher_dir, local_files_only=True).to(device).eval()
-    out = []
+    lm = AutoModelForCausalLM.from_pretrained(teacher_dir, local_files_only=True).to(device).eval()  # type: ignore[arg-type]
+    out: list[str] = []
     with torch.inference_mode():
         for msgs in prompts:
             enc = tok(render(tok, msgs, True), return_tensors="pt").to(device)
             gen = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-            out.append(tok.decode(gen[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+            text = tok.decode(gen[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.append(str(text).strip())
     return out
 
 
