@@ -23,6 +23,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check gateway policies evaluators tuning tests
+	$(BIN)/mypy gateway policies evaluators tuning
 
 bench: install
 	$(BIN)/python tests/bench/bench_gateway.py

@@ -537,7 +537,7 @@ class Gatehouse:
         self.stack: ASGIApp = RequestIdAndErrors(Authenticate(RateLimit(Dispatch(rt, self._fallback), rt), rt), rt)
 
     async def _fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.starlette(scope, receive, send)
+        await self.starlette(scope, receive, send)  # type: ignore[arg-type]  # our Send takes dict, Starlette's MutableMapping
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

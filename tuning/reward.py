@@ -110,7 +110,7 @@ class RewardModel:
     def save(self, out: str | Path) -> Path:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        arrays = {}
+        arrays: dict[str, Any] = {}
         for i, (w, b) in enumerate(self.layers):
             arrays[f"W{i}"], arrays[f"b{i}"] = w, b
         with open(out / "reward_head.npz", "wb") as f:

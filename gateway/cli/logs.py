@@ -35,13 +35,13 @@ async def tail_redis(url: str, key: str, n: int, follow: bool, as_json: bool) ->
 
     r = aioredis.from_url(url)
     try:
-        entries = await r.xrevrange(key, count=n)
+        entries: Any = await r.xrevrange(key, count=n)  # redis' stubs type replies as str | bytes
         last = "$"
         for entry_id, fields in reversed(entries):
             print(fmt(orjson.loads(fields[b"record"]), as_json), flush=True)
             last = entry_id.decode()
         while follow:
-            got = await r.xread({key: last}, block=1000, count=100)
+            got: Any = await r.xread({key: last}, block=1000, count=100)
             for _, items in got:
                 for entry_id, fields in items:
                     print(fmt(orjson.loads(fields[b"record"]), as_json), flush=True)
