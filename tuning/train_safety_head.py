@@ -2,10 +2,11 @@
 
     python -m tuning.train_safety_head --out evaluators/safety/artifacts [--data /work/shared/data]
 
-Embeds ~23k short texts (CC-BY hate/identity sentences, public-domain Gutenberg prose
-negatives with Alice held out, and our own template-generated modern benign questions,
-identity mentions and replies) with the bundled MiniLM (the same
-``Embedder`` the gateway uses), fits one small classifier per trained label
+Embeds ~23k short texts (CC-BY hate/identity sentences and a 20% slice of the real
+Wikipedia identity comments, public-domain Gutenberg prose negatives with Alice held out,
+and our own template-generated modern benign questions, identity mentions and replies)
+with the bundled MiniLM (the same ``Embedder`` and runtime the gateway uses by default;
+``GATEHOUSE_EMBED_RUNTIME`` picks another), fits one small classifier per trained label
 (logistic regression or a one-hidden-layer MLP, chosen on a template-disjoint
 validation split), refits on train+val, stores the weights as .npz (no pickle),
 then scores the held-out sets with the real scorer (windows included) through
