@@ -3,7 +3,6 @@ canary deploy -> served by the gateway's local provider -> lineage shows the cha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 from tests.support import API_KEY, serve_app
 from tuning import datasets as tds
 from tuning.deploy import deploy
-from tuning.feedback import FeedbackStore, feedback_routes, jsonl_lookup
+from tuning.feedback import FeedbackStore
 from tuning.jobs import sft
 from tuning.jobs.common import TrainConfig
 from tuning.registry import Registry
@@ -60,8 +59,6 @@ async def test_traffic_to_canary_loop(tmp_path):
     reg = Registry.from_settings(settings)
     store = FeedbackStore(reg.root)
     app = create_app(settings, config_path=cfg_path)
-    if importlib.util.find_spec("gateway.feedback_routes") is None:  # until the gateway mounts it itself
-        app.starlette.router.routes.extend(feedback_routes(store, jsonl_lookup(log)))
     hdr = {"Authorization": f"Bearer {API_KEY}"}
     base = build_tiny_lm(tmp_path / "base")
 

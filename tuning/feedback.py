@@ -219,38 +219,3 @@ def feedback_routes(store: FeedbackStore, lookup_record: LookupRecord) -> list[A
         return JSONResponse({"id": item.id, "object": "feedback", "request_id": item.request_id, "created_at": int(item.created_at)}, status_code=201)
 
     return [Route("/v1/feedback", post_feedback, methods=["POST"])]
-
-
-def jsonl_lookup(log_path: str | Path) -> LookupRecord:
-    """A ``lookup_record`` over a JSONL traffic log (rotated files included), newest first.
-
-    Scans the files on each call (off the event loop): fine for feedback rates;
-    a Redis or database sink should provide its own indexed lookup.
-    """
-    import asyncio
-
-    def scan(rid: str) -> dict[str, Any] | None:
-        from tuning.datasets import traffic_files
-
-        try:
-            files = traffic_files([log_path])
-        except FileNotFoundError:
-            return None
-        needle = json.dumps(rid)
-        for f in reversed(files):
-            with open(f, encoding="utf-8") as fh:
-                lines = fh.readlines()
-            for line in reversed(lines):
-                if needle in line:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if rec.get("request_id") == rid:
-                        return rec
-        return None
-
-    async def lookup(rid: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(scan, rid)
-
-    return lookup
