@@ -252,16 +252,13 @@ def parse_time(value: str | float | None) -> float | None:
 
 
 def iter_traffic_records(paths: Sequence[str | os.PathLike[str]]) -> Iterator[dict[str, Any]]:
-    """TrafficRecord dicts from JSONL logs (rotated files included); torn/invalid lines skipped."""
+    """TrafficRecord dicts from the JSONL log files named; torn/invalid lines skipped."""
+    from gateway.trafficlog import read_log_file  # the writer's own reader
+
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no traffic log at {path}")
+        yield from read_log_file(Path(path))
 
 
 @dataclass

@@ -265,20 +265,31 @@ def stream_key(settings: Settings) -> str:
 
 # ---- reading back (``gatehouse logs tail``) --------------------------------------------
 
+def log_files(path: Path) -> list[Path]:
+    """A JSONL log's rotated backups (``.N`` .. ``.1``) and the log itself, oldest first."""
+    backups = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
+    return [*sorted(backups, key=lambda p: -int(p.suffix[1:])), path]
+
+
+def read_log_file(f: Path, needle: bytes | None = None) -> Iterator[dict[str, Any]]:
+    """Records of one log file (a torn last line or a line that is not a JSON object is
+    skipped). With ``needle``, only lines containing it are parsed."""
+    if not f.exists():
+        return
+    with open(f, "rb") as fh:
+        for line in fh:
+            if needle is not None and needle not in line:
+                continue
+            with contextlib.suppress(orjson.JSONDecodeError):
+                rec = orjson.loads(line)
+                if isinstance(rec, dict):
+                    yield rec
+
+
 def read_jsonl(path: Path, needle: bytes | None = None) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL log and its rotated backups, oldest first; a torn last line is
-    skipped. With ``needle``, only lines containing it are parsed."""
-    files = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
-    for f in [*files, path]:
-        if not f.exists():
-            continue
-        with open(f, "rb") as fh:
-            for line in fh:
-                if needle is not None and needle not in line:
-                    continue
-                if line.endswith(b"\n"):
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        yield orjson.loads(line)
+    """Records of a JSONL log and its rotated backups, oldest first."""
+    for f in log_files(path):
+        yield from read_log_file(f, needle)
 
 
 async def follow_jsonl(path: Path, poll: float = 0.25) -> AsyncIterator[dict[str, Any]]:

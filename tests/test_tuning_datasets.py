@@ -118,3 +118,19 @@ def test_cli_dataset_and_feedback_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "train 2, validation 0" in out and "registered dataset:prefs-dataset:" in out
     assert tune_main(["bogus"]) == 2
+
+
+def test_rotated_backups_are_read_once_oldest_first(tmp_path):
+    log = tmp_path / "traffic.jsonl"
+    # JsonlSink rotation: .1 is the newest backup; .10 is older than .9
+    for name, rid in (("traffic.jsonl.10", "r-oldest"), ("traffic.jsonl.9", "r-older"), ("traffic.jsonl.1", "r-newer"),
+                      ("traffic.jsonl", "r-newest")):
+        (tmp_path / name).write_text(json.dumps(rec(rid, "hi", "hello")) + "\n")
+    (tmp_path / "traffic.jsonl.lock").write_text("not a log")
+    files = tds.traffic_files([log])
+    assert [f.name for f in files] == ["traffic.jsonl.10", "traffic.jsonl.9", "traffic.jsonl.1", "traffic.jsonl"]
+    assert [r["request_id"] for r in tds.read_traffic(files)] == ["r-oldest", "r-older", "r-newer", "r-newest"]
+    store = FeedbackStore(tmp_path / "fb")
+    m = tds.build("sft", [log], store, tmp_path / "d", name="rotated")
+    assert m["steps"]["traffic_records"] == 4  # the backups are not read a second time
+    store.close()

@@ -46,30 +46,28 @@ LIKED_SCORE = 0.8
 
 def traffic_files(paths: Iterable[str | Path]) -> list[Path]:
     """The JSONL files named (a directory means every ``*.jsonl*`` in it; rotated files included)."""
+    from gateway.trafficlog import log_files
+
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out.extend(sorted(x for x in p.iterdir() if ".jsonl" in x.name and x.is_file()))
         elif p.exists():
-            rotated = sorted(p.parent.glob(p.name + ".*"), key=lambda x: x.name, reverse=True)
-            out.extend([*(r for r in rotated if r.suffix.lstrip(".").isdigit()), p])
+            out.extend(log_files(p))
         else:
             raise FileNotFoundError(f"no traffic log at {p}")
     return out
 
 
+def read_traffic(files: Iterable[Path]) -> list[dict[str, Any]]:
+    """The records of exactly these files (see ``traffic_files``), in order."""
+    from gateway.trafficlog import read_log_file
+
+    return [r for f in files for r in read_log_file(f) if r.get("request_id")]
+
+
 def load_traffic(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    recs = []
-    for f in traffic_files(paths):
-        with f.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line
-                if isinstance(r, dict) and r.get("request_id"):
-                    recs.append(r)
-    return recs
+    return read_traffic(traffic_files(paths))
 
 
 def request_messages(rec: dict[str, Any]) -> list[dict[str, str]] | None:
@@ -459,7 +457,7 @@ def build(
 
     cfg = cfg or CurationConfig()
     files = traffic_files(traffic) if traffic else []
-    records = load_traffic(files) if files else []
+    records = read_traffic(files)  # `files` already includes rotated backups: read each once
     fb = load_feedback(feedback)
     examples = build_sft(records, fb) if kind == "sft" else build_prefs(records, fb) if kind == "prefs" else None
     if examples is None:
