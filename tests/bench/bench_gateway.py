@@ -46,9 +46,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -424,6 +425,18 @@ def pct(xs: list[float], q: float) -> float:
 PHASES = (("nonstream", False), ("stream", True))
 
 
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the load generator on uvloop when it is installed (it ships with uvicorn[standard])."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 @dataclass
 class Results:
     rounds: list[dict[str, dict[str, dict[str, Any]]]] = field(default_factory=list)  # round -> target -> phase -> metrics
@@ -432,10 +445,6 @@ class Results:
 async def bench(targets: list[Target], upstream_proc: Proc, args: argparse.Namespace) -> Results:
     import aiohttp
 
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        pass
     conn = aiohttp.TCPConnector(limit=256, limit_per_host=0)
     res = Results()
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -637,12 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"targets: {', '.join(t.name for t in targets)}; rounds {args.rounds}; c=1 x {args.latency_requests}, "
               f"c={args.concurrency} x {args.requests} (litellm {args.litellm_requests}) per phase", flush=True)
         t0 = time.time()
-        try:
-            import uvloop
-
-            res = uvloop.run(bench(targets, up, args))
-        except ImportError:
-            res = asyncio.run(bench(targets, up, args))
+        res = run_loop(bench(targets, up, args))
         bench_s = time.time() - t0
         names = [t.name for t in targets]
         summary = summarize(res, names)

@@ -63,6 +63,7 @@ from bench_gateway import (  # noqa: E402  (reuse the core benchmark's process h
     med,
     pct,
     read_request,
+    run_loop,
     wait_http,
 )
 
@@ -550,12 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateways up; rounds {args.rounds}; c=1 x {args.latency_requests} (+{args.stream_requests} streaming) per gateway, "
               f"c={args.concurrency} x {args.requests}", flush=True)
         t0 = time.time()
-        try:
-            import uvloop
-
-            rounds = uvloop.run(bench(bases, pids, args))
-        except ImportError:
-            rounds = asyncio.run(bench(bases, pids, args))
+        rounds = run_loop(bench(bases, pids, args))
         bench_s = time.time() - t0
         summary = summarize(rounds)
         table = markdown(summary, args)
