@@ -196,8 +196,8 @@ def train(
         "loss": "Bradley-Terry",
         "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
         "embedder": getattr(embedder, "model_id", "minilm"),
-        "embedder_runtime": getattr(embedder, "runtime", "torch"),
-        "embedder_fingerprint": getattr(embedder, "fingerprint", None),
+        "embedder_runtime": embedder.runtime,
+        "embedder_fingerprint": embedder.fingerprint,
         "identical_answer_pairs": int(sum(p["chosen"] == p["rejected"] for p in pairs)),
     }
     model = RewardModel(layers, embedder, {"kind": "reward_model", **report})

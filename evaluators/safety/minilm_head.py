@@ -78,8 +78,7 @@ class MiniLMHeadScorer(WindowedScorer):
         self.manifest = json.loads(manifest.read_text()) if manifest.exists() else {}
         trained_with = self.manifest.get("embedder")
         trained_on = trained_with.get("fingerprint_sha256") if isinstance(trained_with, dict) else None
-        serving = getattr(embedder, "fingerprint", None)
-        if trained_on and serving and trained_on != serving:
+        if trained_on and trained_on != embedder.fingerprint:
             # still usable (int8 and fp32 vectors agree to cosine ~0.99), but its
             # measured quality was for the other runtime: say so once, at load
             log.warning(
@@ -87,7 +86,7 @@ class MiniLMHeadScorer(WindowedScorer):
                 "scores shift slightly. Retrain with `python -m tuning.train_safety_head` "
                 "or set embedding.runtime to match",
                 path, trained_with.get("runtime", "torch"), trained_on[:12],  # type: ignore[union-attr]
-                getattr(embedder, "runtime", "?"), serving[:12],
+                embedder.runtime, embedder.fingerprint[:12],
             )
         self._init_batcher(max_batch, max_wait, on_batch)
 

@@ -9,7 +9,6 @@ when no index is configured.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from gateway.grounding.index import GroundingIndex, Hit, IndexHolder, read_manifest
@@ -28,10 +27,8 @@ async def build_stage(services: Any, *, poll_seconds: float = 1.0) -> Stage | No
         if routed:
             raise ValueError(f"route(s) {', '.join(sorted(routed))} turn grounding on but `grounding.indexes` is empty")
         return None
-    from evaluators.embedding import model_fingerprint
-
     embedder = services.embedder()  # grounding.embedder or the bundled MiniLM
-    fingerprint = getattr(embedder, "fingerprint", None) or model_fingerprint(Path(embedder.model_dir))
+    fingerprint = embedder.fingerprint
     holders: dict[str, IndexHolder] = {}
     for name, path in settings.grounding.indexes.items():
         holder = IndexHolder(settings.resolve_path(path), poll_seconds=poll_seconds, name=name)
@@ -40,7 +37,7 @@ async def build_stage(services: Any, *, poll_seconds: float = 1.0) -> Stage | No
             raise ValueError(
                 f"grounding.indexes.{name}: built with {emb['model_id']} ({emb['fingerprint'][:12]}, dim {emb['dimension']}, "
                 f"runtime {emb.get('runtime', 'torch')}) but the gateway embeds with {embedder.model_id} ({fingerprint[:12]}, "
-                f"dim {embedder.dimension}, runtime {getattr(embedder, 'runtime', 'torch')}); rebuild the index "
+                f"dim {embedder.dimension}, runtime {embedder.runtime}); rebuild the index "
                 "(`gatehouse index build --runtime ...`) or set grounding.embedder / embedding.runtime to match"
             )
         holder.start()

@@ -215,11 +215,8 @@ def _prune(root: Path, live: str) -> None:
 
 
 def _embedding_info(embedder: Any) -> dict[str, Any]:
-    from evaluators.embedding import model_fingerprint
-
-    fp = getattr(embedder, "fingerprint", None) or model_fingerprint(Path(embedder.model_dir))
-    return {"model_id": embedder.model_id, "model_dir": str(embedder.model_dir), "fingerprint": fp,
-            "runtime": getattr(embedder, "runtime", "torch"), "dimension": int(embedder.dimension)}
+    return {"model_id": embedder.model_id, "model_dir": str(embedder.model_dir), "fingerprint": embedder.fingerprint,
+            "runtime": embedder.runtime, "dimension": int(embedder.dimension)}
 
 
 def _rows_and_docs(documents: list[Document], max_chars: int, overlap: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
