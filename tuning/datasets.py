@@ -465,11 +465,13 @@ def build(
     train, val, steps = curate(examples, cfg, scorer)
     steps["feedback_items"] = len(fb)
     steps["traffic_records"] = len(records)
-    sources = {str(f.name): hash_path(f) for f in files}
     parent_ids = list(parents)
-    if registry is not None:
-        for f in files:
-            parent_ids.append(registry.register("dataset", f, name=f"traffic-{f.name}", metadata={"role": "traffic_log"}, copy=False).id)
+    if registry is not None:  # registering hashes each log; reuse that rather than read it again
+        arts = [registry.register("dataset", f, name=f"traffic-{f.name}", metadata={"role": "traffic_log"}, copy=False) for f in files]
+        sources = {str(f.name): a.content_hash for f, a in zip(files, arts, strict=True)}
+        parent_ids += [a.id for a in arts]
+    else:
+        sources = {str(f.name): hash_path(f) for f in files}
     return write_dataset(out_dir, train, val, name=name or f"{kind}-dataset", kind=kind, steps=steps, cfg=cfg, sources=sources, registry=registry, parents=parent_ids)
 
 

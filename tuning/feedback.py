@@ -165,9 +165,6 @@ class FeedbackStore:
         for item, rec, other in rows:
             yield Feedback(**json.loads(item)), json.loads(rec) if rec else None, json.loads(other) if other else None
 
-    def for_request(self, request_id: str) -> list[Feedback]:
-        return [f for f, _, _ in self.iter() if f.request_id == request_id]
-
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM feedback").fetchone()[0])

@@ -276,15 +276,6 @@ class Registry:
         self._link(art_id, parents)
         return self.get(art_id)  # type: ignore[return-value]
 
-    def add_parents(self, art_id: str, parents: Iterable[str]) -> None:
-        if self.get(art_id) is None:
-            raise RegistryError(f"{art_id!r} is not registered")
-        ps = list(parents)
-        for p in ps:
-            if self.get(p) is None:
-                raise RegistryError(f"parent {p!r} is not registered")
-        self._link(art_id, ps)
-
     def _link(self, child: str, parents: Iterable[str]) -> None:
         rows = [(child, p) for p in parents if p != child]
         if not rows:

@@ -65,15 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     mixed = [f"{SHORT} {i}" if i % 2 else f"{LONG} {i}" for i in range(16)]
     rows: dict[str, dict[str, float]] = {}
     vectors: dict[str, Any] = {}
+    embedders: dict[str, Embedder] = {}
     for rt in RUNTIMES:
-        e = Embedder(runtime=rt, threads=args.threads, cache_size=0)
+        e = embedders[rt] = Embedder(runtime=rt, threads=args.threads, cache_size=0)
         vectors[rt] = e.encode(FIDELITY)
         rows[rt] = {
             "short_ms": best_ms(lambda e=e: e.encode([SHORT]), args.iters, args.repeat),
             "long_ms": best_ms(lambda e=e: e.encode([LONG]), args.iters, args.repeat),
             "mixed16_ms": best_ms(lambda e=e: e.encode(mixed), max(args.iters // 6, 3), args.repeat),
         }
-    tok = Embedder(runtime="torch", cache_size=0).tokenizer
+    tok = embedders["torch"].tokenizer
     n_short, n_long = len(tok(SHORT)["input_ids"]), len(tok(LONG)["input_ids"])
     base = rows["torch"]
     print(f"threads {args.threads}; short = {n_short} tokens, long = {n_long} tokens; best of {args.repeat}\n")

@@ -29,7 +29,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,12 +45,6 @@ sys.path.insert(0, str(ROOT))
 GOOD_KEY = "sk-soak"
 LIMITED_KEY = "sk-soak-limited"
 PROMPT = "please tell me a long story about the weather today, request {i}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float | None:
@@ -206,11 +199,9 @@ async def drive(base: str, seconds: float, workers: int, pid: int, seed: int, sa
 
 def count_records(log_path: Path) -> tuple[int, int]:
     """(records, distinct request ids) over the log and its rotations."""
-    ids: list[str] = []
-    for p in sorted(log_path.parent.glob(log_path.name + "*")):
-        for line in p.read_bytes().splitlines():
-            if line.strip():
-                ids.append(json.loads(line)["request_id"])
+    from gateway.trafficlog import read_jsonl
+
+    ids = [r["request_id"] for r in read_jsonl(log_path)]
     return len(ids), len(set(ids))
 
 
@@ -225,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
 
-    from tests.support import FakeUpstream, ServerThread
+    from tests.support import FakeUpstream, ServerThread, free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="gatehouse-soak-"))
     upstream = ServerThread(FakeUpstream())

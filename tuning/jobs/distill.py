@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "safety":
         from tuning.jobs.distill_safety import format_report, run
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         report = run(
             a.out, data_dir=a.data, traffic=a.traffic, teacher_dir=a.teacher, teacher_epochs=a.teacher_epochs,
             name_adj_train=a.name_adj_train, heldout_cap=a.heldout_cap, train_top_layers=a.train_top_layers,

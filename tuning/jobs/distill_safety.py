@@ -34,13 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuning.jobs.common import seed_everything
+
 LABELS = ("toxicity", "identity_attack")
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class TransformerTeacher:
@@ -83,7 +79,7 @@ def train_teacher(
     from tqdm import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    _seed(seed)
+    seed_everything(seed)
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForSequenceClassification.from_pretrained(
         base_model, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={k: i for i, k in enumerate(LABELS)},
@@ -141,7 +137,7 @@ def train_student_head(
     seed: int = 0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Full-batch Adam on soft BCE; returns (W, b) layers for ``Head.from_layers``."""
-    _seed(seed)
+    seed_everything(seed)
     x = torch.tensor(emb, dtype=torch.float32)
     t = torch.tensor(targets, dtype=torch.float32)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, t.shape[1]))
