@@ -130,6 +130,7 @@ def test_rotated_backups_are_read_once_oldest_first(tmp_path):
     files = tds.traffic_files([log])
     assert [f.name for f in files] == ["traffic.jsonl.10", "traffic.jsonl.9", "traffic.jsonl.1", "traffic.jsonl"]
     assert [r["request_id"] for r in tds.read_traffic(files)] == ["r-oldest", "r-older", "r-newer", "r-newest"]
+    assert tds.traffic_files([tmp_path]) == files  # a directory: each log with its backups, oldest first
     store = FeedbackStore(tmp_path / "fb")
     m = tds.build("sft", [log], store, tmp_path / "d", name="rotated")
     assert m["steps"]["traffic_records"] == 4  # the backups are not read a second time

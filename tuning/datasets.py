@@ -50,8 +50,9 @@ def traffic_files(paths: Iterable[str | Path]) -> list[Path]:
 
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(x for x in p.iterdir() if ".jsonl" in x.name and x.is_file()))
+        if p.is_dir():  # each log in it with its rotated backups, oldest first
+            bases = sorted({x.with_name(x.name.split(".jsonl")[0] + ".jsonl") for x in p.iterdir() if ".jsonl" in x.name})
+            out.extend(f for b in bases for f in log_files(b) if f.is_file())
         elif p.exists():
             out.extend(log_files(p))
         else:
