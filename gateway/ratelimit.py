@@ -288,6 +288,7 @@ class RedisBackend:
 class _MemBucket:
     req: deque[float] = field(default_factory=deque)
     tok: dict[str, tuple[float, int]] = field(default_factory=dict)  # insertion-ordered by time
+    tok_sum: int = 0  # sum of tok's counts, kept so admission is O(1) (the Redis backend's toksum)
     conc: set[str] = field(default_factory=set)
 
 
@@ -304,8 +305,12 @@ class MemoryBackend:
         cutoff = now - self.window
         while mb.req and mb.req[0] <= cutoff:
             mb.req.popleft()
-        for rid in [r for r, (t, _) in mb.tok.items() if t <= cutoff]:
+        while mb.tok:  # time-ordered: expired entries are at the front
+            rid, (t, n) = next(iter(mb.tok.items()))
+            if t > cutoff:
+                break
             del mb.tok[rid]
+            mb.tok_sum -= n
         return mb
 
     async def acquire(self, rid: str, buckets: Sequence[Bucket], reserved: Sequence[int]) -> tuple[bool, float, str, int]:
@@ -315,7 +320,7 @@ class MemoryBackend:
             if b.rpm and len(mb.req) >= b.rpm:
                 return False, mb.req[len(mb.req) - b.rpm] + self.window - now, "rpm", i
             if b.tpm:
-                total = sum(n for _, n in mb.tok.values())
+                total = mb.tok_sum
                 if total + est > b.tpm:
                     wait = self.window
                     for t, n in mb.tok.values():
@@ -332,6 +337,7 @@ class MemoryBackend:
                 mb.req.append(now)
             if b.tpm:
                 mb.tok[rid] = (now, est)
+                mb.tok_sum += est
             if b.concurrent:
                 mb.conc.add(rid)
         return True, 0.0, "", -1
@@ -343,9 +349,12 @@ class MemoryBackend:
                 continue
             mb = self._get(b.base, now)
             if rid in mb.tok:
-                mb.tok[rid] = (mb.tok[rid][0], actual)
+                t, old = mb.tok[rid]
+                mb.tok[rid] = (t, actual)
+                mb.tok_sum += actual - old
             elif actual > est:
                 mb.tok[rid + "+"] = (now, actual - est)
+                mb.tok_sum += actual - est
 
     async def release(self, rid: str, buckets: Sequence[Bucket]) -> None:
         for b in buckets:
