@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
@@ -84,7 +85,8 @@ class Runtime:
         self.started = False
         self.extra_routes: list[Any] = []
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._providers: dict[str, Any] = {}
+        self._providers: dict[str, Any] = {}  # target fingerprint -> provider, for the live routes
+        self._retired: list[Any] = []  # providers replaced by a reload
         self._config_mtime: float | None = None
         self._bg: list[asyncio.Task[Any]] = []
         self.on_shutdown: list[Any] = []  # close hooks registered by feature modules
@@ -147,7 +149,7 @@ class Runtime:
                 res = hook()
                 if asyncio.iscoroutine(res):
                     await res
-        for p in self._providers.values():
+        for p in [*self._providers.values(), *self._retired]:
             with contextlib.suppress(Exception):
                 await p.aclose()
         if self.client is not None:
@@ -181,16 +183,21 @@ class Runtime:
             load = getattr(p, "load", None)
             if load is not None and not await p.ready():
                 await loop.run_in_executor(None, load)
-        self._providers = {**self._providers, **providers}
+        # providers of removed or changed targets leave /readyz now and are closed at shutdown
+        # (requests still in flight on the old router may be using them)
+        self._retired += [p for fp, p in self._providers.items() if fp not in providers]
+        self._providers = providers
         self.router = Router(routes, self.metrics)
 
     def _arm(self, target: Any, providers: dict[str, Any]) -> Arm:
         key = target.key
-        fingerprint = (key, target.model_dump_json())
-        prov = self._providers.get(str(fingerprint)) or providers.get(str(fingerprint))
+        # model_dump_json masks secrets: add the key's hash, so a rotated api_key gets a new provider
+        secret = target.api_key.get_secret_value() if target.api_key is not None else ""
+        fingerprint = f"{key}|{target.model_dump_json()}|{hashlib.sha256(secret.encode()).hexdigest()}"
+        prov = self._providers.get(fingerprint) or providers.get(fingerprint)
         if prov is None:
             prov = build_provider(target, self.client)  # type: ignore[arg-type]
-        providers[str(fingerprint)] = prov
+        providers[fingerprint] = prov
         if key not in self._breakers:
             gauge = self.metrics.circuit_open.labels(key)
             gauge.set(0)

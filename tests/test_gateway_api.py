@@ -167,3 +167,21 @@ def test_metrics_exported(stack):
                  "gatehouse_tokens_total", "gatehouse_inflight_requests", "gatehouse_circuit_open", "gatehouse_log_records_dropped_total"):
         assert name in text, name
     assert 'gatehouse_requests_total{model="chat",status="200",target="up-echo"}' in text
+
+
+async def test_reload_rebuilds_a_provider_whose_api_key_changed():
+    """Secrets are masked in a target's JSON; a rotated key must still give a new provider."""
+
+    def settings(key: str):
+        return make_settings([{"name": "m", "targets": [{"name": "up", "provider": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                                         "model": "x", "api_key": key}]}])
+
+    with gateway(settings("sk-old")) as (_, app):
+        rt = app.runtime
+        (first,) = rt._providers.values()
+        await rt.build_router(settings("sk-old"))
+        assert list(rt._providers.values()) == [first]  # unchanged target: kept
+        await rt.build_router(settings("sk-new"))
+        (second,) = rt._providers.values()
+        assert second is not first and second.target.api_key.get_secret_value() == "sk-new"
+        assert rt._retired == [first]  # out of /readyz, closed at shutdown
