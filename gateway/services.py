@@ -30,6 +30,3 @@ class Services:
                 path = self.settings.grounding.embedder
                 self._embedder = shared_embedder(self.settings.resolve_path(path) if path else None)
             return self._embedder
-
-    def redis_key(self, *parts: str) -> str:
-        return self.settings.redis.key_prefix + ":".join(parts)

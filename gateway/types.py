@@ -8,7 +8,6 @@ every request leaves exactly one ``TrafficRecord`` behind.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -172,5 +171,3 @@ class BaseStage:
     async def aclose(self) -> None:
         return None
 
-
-Chunks = AsyncIterator[bytes]

@@ -9,7 +9,7 @@ model name, for demos and tests.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config import TargetSettings
@@ -51,7 +51,6 @@ class StreamReply:
     complete events' ``data:`` payloads (one client write per read, not per event)."""
 
     events: AsyncIterator[list[bytes]]
-    headers: dict[str, str] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         closer = getattr(self.events, "aclose", None)
