@@ -191,6 +191,8 @@ class ConfigKeyStore:
             if r.sha256 in self._by_digest:
                 raise ValueError(f"auth.keys: key {r.key_id!r} has the same secret as {self._by_digest[r.sha256].key_id!r}")
             self._by_digest[r.sha256] = r
+        # built once: config keys never change while the process runs (the Redis store caches too)
+        self._callers = {d: r.caller() for d, r in self._by_digest.items()}
 
     @classmethod
     def from_settings(cls, auth: AuthSettings, env: Mapping[str, str] | None = None) -> ConfigKeyStore:
@@ -217,7 +219,7 @@ class ConfigKeyStore:
         rec = self._by_digest.get(d)
         if rec is None or not hmac.compare_digest(rec.sha256, d):
             return None
-        return rec.caller()
+        return self._callers[d]
 
     async def create(self, *a: Any, **kw: Any) -> NewKey:
         raise ReadOnlyStore()
