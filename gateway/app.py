@@ -47,7 +47,7 @@ from gateway.providers import build_provider
 from gateway.routing import Arm, CircuitBreaker, Route, Router
 from gateway.services import Services
 from gateway.trafficlog import TrafficLog, build_sink
-from gateway.types import Caller, RequestContext, Stage, TrafficRecord
+from gateway.types import PARSED_BODY, Caller, RequestContext, Stage, TrafficRecord
 
 log = logging.getLogger("gatehouse")
 
@@ -437,11 +437,14 @@ class Dispatch:
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"{scope['path']} accepts POST only, got {scope['method']}.")
         rt = self.rt
         raw = await api.read_body(receive, rt.settings.server.max_body_bytes)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
         state = scope["state"]
+        if PARSED_BODY in state:  # the token rate limit parsed it to estimate the reservation
+            body = state.pop(PARSED_BODY)
+        else:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         ctx = RequestContext(
             request_id=state["request_id"], endpoint=endpoint, caller=state["caller"], body=body if isinstance(body, dict) else {},

@@ -60,7 +60,7 @@ import orjson
 from gateway.config import RateLimitSettings, Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import Metrics
-from gateway.types import Caller
+from gateway.types import PARSED_BODY, Caller
 
 log = logging.getLogger("gatehouse.ratelimit")
 
@@ -549,6 +549,7 @@ class RateLimiter:
             try:
                 parsed = orjson.loads(body)
                 est = estimate_tokens(parsed) if isinstance(parsed, dict) else 0
+                scope.setdefault("state", {})[PARSED_BODY] = parsed  # the API handler needn't parse it again
             except orjson.JSONDecodeError:
                 est = 0  # the handler rejects it; reserve nothing
         lease = await self.acquire(caller, est)

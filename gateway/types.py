@@ -68,6 +68,11 @@ class TrafficRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# scope["state"] key for the JSON request body when middleware already parsed it
+# (the token rate limit does, to estimate its reservation); the API handler reuses it
+PARSED_BODY = "parsed_body"
+
+
 @dataclass(slots=True)
 class Caller:
     """Who is calling: resolved by auth from the API key."""

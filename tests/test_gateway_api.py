@@ -185,3 +185,15 @@ async def test_reload_rebuilds_a_provider_whose_api_key_changed():
         (second,) = rt._providers.values()
         assert second is not first and second.target.api_key.get_secret_value() == "sk-new"
         assert rt._retired == [first]  # out of /readyz, closed at shutdown
+
+
+def test_a_token_limited_request_reaches_the_model_intact():
+    """With a tokens-per-minute limit, admission parses the body once and the handler reuses it."""
+    settings = make_settings([{"name": "m", "targets": [{"provider": "mock", "model": "echo"}]}],
+                             rate_limits={"tokens_per_minute": 100_000})
+    with gateway(settings) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "echo this back"}])
+        assert r.choices[0].message.content == "echo this back"
+        bad = httpx.post(url + "/v1/chat/completions", content=b"{not json", headers={"authorization": f"Bearer {API_KEY}"})
+        assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]

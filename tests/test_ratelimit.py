@@ -208,7 +208,7 @@ async def test_make_limiter_backends() -> None:
 
 async def test_admit_asgi_reserves_estimate_and_settles(make) -> None:
     """The app's middleware path: body replayed, reservation reconciled from the record, slot freed."""
-    from gateway.types import TrafficRecord
+    from gateway.types import PARSED_BODY, TrafficRecord
 
     lim = make(tokens_per_minute=1000, concurrent=1)
     c = caller()
@@ -217,6 +217,7 @@ async def test_admit_asgi_reserves_estimate_and_settles(make) -> None:
     async def app(scope, receive, send) -> None:
         msg = await receive()
         seen.append(msg["body"])
+        assert scope["state"][PARSED_BODY]["max_tokens"] == 700  # parsed once, for the handler too
         scope["state"]["record"].total_tokens = 10
 
     body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 700}'
