@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from gateway.config import ConfigError, load_settings
 from gateway.errors import GatewayError
 from gateway.keys import KeyStore, build_key_store
+from gateway.ratelimit import LIMIT_NAMES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--policy", default=None)
     c.add_argument("--scope", action="append", default=[], help="repeatable")
     c.add_argument("--id", dest="key_id", default=None, help="key id (default: generated)")
-    for name in ("rpm", "tpm", "concurrent", "tenant-rpm", "tenant-tpm", "tenant-concurrent"):
-        c.add_argument(f"--{name}", type=int, default=None, help=f"per-key limit override: {name}")
+    for name in LIMIT_NAMES:
+        flag = name.replace("_", "-")
+        c.add_argument(f"--{flag}", type=int, default=None, help=f"per-key limit override: {flag}")
     c.add_argument("--json", action="store_true")
 
     ls = sub.add_parser("list", help="list keys (never the secrets)")
@@ -50,7 +52,7 @@ async def _run(args: argparse.Namespace, store: KeyStore) -> int:
     if args.cmd == "create":
         limits = {
             k: v
-            for k in ("rpm", "tpm", "concurrent", "tenant_rpm", "tenant_tpm", "tenant_concurrent")
+            for k in LIMIT_NAMES
             if (v := getattr(args, k)) is not None
         }
         models = [m.strip() for m in args.models.split(",") if m.strip()] or ["*"]
