@@ -179,8 +179,9 @@ async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
     if rt.log_bodies:
         ctx.record.request_body = ctx.body
     if rt.policy_source is not None:
-        # known before any stage runs, so the response cache can key on it
-        ctx.state["policy_version"] = rt.policy_source.policy_version
+        # known before any stage runs, so the response cache can key on it (the guardrail
+        # stage re-stamps it from its own per-request snapshot)
+        ctx.record.policy_version = rt.policy_source.policy_version
     for stage in rt.stages:
         # a stage that answered (a cache hit) skips the rest, except stages that must see
         # every request (input guardrails: a policy tightened after caching still applies)

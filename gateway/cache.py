@@ -6,12 +6,12 @@ public model, the request body without transport-only fields (``stream``,
 ``stream_options``, ``user``), the prompt version (``ctx.record.prompt_version``,
 set by the prompts stage which runs before us) and the policy in force.
 
-Policy version: guardrails run *after* the cache on the way in, so
-``ctx.record.policy_version`` is normally unset when we build the key. We key
-on the caller's policy name plus the first of ``ctx.record.policy_version`` /
-``ctx.state["policy_version"]`` that the app has set before the stages run; if
-neither is set, a policy edit reaches cached answers only when they expire
-(``ttl_seconds``). The stored entry also records the version it was produced under.
+Policy version: guardrails run *after* the cache on the way in, so the app
+stamps ``ctx.record.policy_version`` with the live version before any stage
+runs, and we key on the caller's policy name plus that version; without
+guardrails it is unset, and a policy edit reaches cached answers only when they
+expire (``ttl_seconds``). The stored entry also records the version it was
+produced under.
 
 Never stored: streaming requests (the cache only sees whole replies; streamed
 requests bypass it and get no header), replies with any verdict whose action is
@@ -50,7 +50,7 @@ STATE = "cache"
 
 def cache_key(ctx: RequestContext, prefix: str) -> tuple[str, str | None]:
     body = {k: v for k, v in ctx.body.items() if k not in TRANSPORT_FIELDS}
-    policy_version = ctx.record.policy_version or ctx.state.get("policy_version")
+    policy_version = ctx.record.policy_version
     material = {
         "endpoint": ctx.endpoint,
         "body": body,

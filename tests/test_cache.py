@@ -103,7 +103,7 @@ async def test_key_normalisation_and_isolation(stage: CacheStage) -> None:
     c.record.prompt_version = "v2"
     assert await roundtrip(stage, c) is None
     c = ctx()
-    c.state["policy_version"] = "p7"
+    c.record.policy_version = "p7"  # stamped by the app before the stages run
     assert await roundtrip(stage, c) is None
     c = ctx()
     c.caller.policy = "strict"
