@@ -34,7 +34,8 @@ class SafetyScorer(Protocol):
 
 
 class RecitationChecker(Protocol):
-    async def acheck(self, text: str) -> Any: ...  # RecitationMatch | None
+    # the best-scoring match whatever its score (RecitationMatch | None); rules apply thresholds
+    async def abest_match(self, text: str) -> Any: ...
 
 
 class CheckUnavailable(RuntimeError):
@@ -207,7 +208,8 @@ class Engine:
             index = self.recitation
             if index is None:
                 raise CheckUnavailable("no recitation index is loaded (see `recitation.index` in the gateway config)")
-            match = await asyncio.shield(shared.get("recitation", lambda: index.acheck(text)))
+            # the best match, shared by every rule; each applies its own threshold (not the index's)
+            match = await asyncio.shield(shared.get("recitation", lambda: index.abest_match(text)))
             if match is None:
                 return _Result(False, "recitation", 0.0)
             score = float(match.score)

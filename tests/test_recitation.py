@@ -318,3 +318,30 @@ def test_cli_subprocess(saved: Path, tmp_path: Path) -> None:
     verdict = json.loads(proc.stdout)
     assert verdict["recitation"] is True
     assert verdict["match"]["source"] == "frankenstein_pg84.txt"
+
+
+async def test_a_policy_threshold_below_the_index_threshold_applies(index: RecitationIndex) -> None:
+    """The rule's threshold decides, not the index's build threshold (0.5 here)."""
+    from policies.engine import Engine
+    from policies.policy_set import PolicySet
+
+    src, other = words_span(FRANKENSTEIN, 900, 200).split(), words_span(CONTROL, 1000, 300).split()
+    text = " ".join(src[:25] + other[:25] + src[25:50] + other[25:50] + src[50:75])  # about half recited
+    best = index.best_match(text)
+    assert best is not None and 0.4 < best.score < index.params.threshold and index.check(text) is None
+    policy = """\
+id: r
+version: 1
+owner: tests
+rules:
+  - {id: strict, direction: output, action: flag, checks: [{type: recitation, threshold: 0.4}]}
+  - {id: loose, direction: output, action: flag, checks: [{type: recitation, threshold: 0.9}]}
+"""
+    engine = Engine(PolicySet.from_texts([("r.yaml", policy)]), recitation=index)
+    try:
+        outcome = await engine.evaluate("output", text, "t", "k", "m")
+    finally:
+        await index.aclose()
+    fired = {v.rule: v.action for v in outcome.verdicts}
+    assert fired == {"strict": "flag", "loose": "pass"}
+    assert all(v.score == best.score for v in outcome.verdicts)

@@ -15,9 +15,11 @@ The best verified score at or above ``threshold`` is a match.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +29,6 @@ import datasketch
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from evaluators.batching import MicroBatcher
 from evaluators.recitation import artifact
 from evaluators.recitation.errors import (
     CorpusError,
@@ -218,7 +219,7 @@ class RecitationIndex:
                     seed=MINHASH_SEED, hashvalues=minhashes[i], scheme=MINHASH_SCHEME
                 )
                 session.insert(i, lean, check_duplication=False)
-        self._batcher: MicroBatcher[str, RecitationMatch | None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ build
 
@@ -513,17 +514,22 @@ class RecitationIndex:
         )
 
     async def acheck(self, text: str) -> RecitationMatch | None:
-        """``check`` in a worker thread, batched across concurrent callers."""
-        if self._batcher is None:
-            self._batcher = MicroBatcher(
-                self._check_many, max_batch=16, max_wait=0.0, name="recitation"  # checks are per text
-            )
-        return await self._batcher.submit(text)
+        """``check`` in the index's worker thread."""
+        return await self._in_thread(self.check, text)
 
-    def _check_many(self, texts: list[str]) -> list[RecitationMatch | None]:
-        return [self.check(t) for t in texts]
+    async def abest_match(self, text: str) -> RecitationMatch | None:
+        """``best_match`` in the index's worker thread: the caller applies its own threshold."""
+        return await self._in_thread(self.best_match, text)
+
+    async def _in_thread(self, fn: Any, text: str) -> RecitationMatch | None:
+        # one thread keeps the (GIL-bound) checks off the event loop; each caller is
+        # released when its own check ends (batching would hold it for the others)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recitation")
+        result: RecitationMatch | None = await asyncio.get_running_loop().run_in_executor(self._executor, fn, text)
+        return result
 
     async def aclose(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.aclose()
-            self._batcher = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
