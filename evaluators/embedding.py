@@ -119,7 +119,8 @@ class Embedder:
             self._onnx = OnnxEncoder(onnx_path, self._tokenizer, self.max_tokens, threads or defaults.threads,
                                      one_text_per_run=runtime == "onnx-int8")
             self.dimension = self._onnx.dimension
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model is not re-entrant
+        self._cache_lock = threading.Lock()  # separate: a cache hit never waits for a model run
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self.batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
@@ -165,10 +166,13 @@ class Embedder:
         """Encode off the event loop, batched with concurrent callers."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        cached = [self._cache_get(t) for t in texts]
+        if all(v is not None for v in cached):  # e.g. grounding after safety embedded the turn
+            return np.stack(cached)  # type: ignore[arg-type]
         return np.stack(await self.batcher.submit_many(list(texts)))
 
     def _cache_get(self, text: str) -> np.ndarray | None:
-        with self._lock:
+        with self._cache_lock:
             v = self._cache.get(text)
             if v is not None:
                 self._cache.move_to_end(text)
@@ -177,7 +181,7 @@ class Embedder:
     def _cache_put(self, text: str, vec: np.ndarray) -> None:
         if self._cache_size <= 0:
             return
-        with self._lock:
+        with self._cache_lock:
             self._cache[text] = vec
             self._cache.move_to_end(text)
             while len(self._cache) > self._cache_size:

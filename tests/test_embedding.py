@@ -99,3 +99,12 @@ def test_an_unwritable_cache_falls_back_to_a_private_export(tmp_path: Path, capl
     assert path.exists() and not str(path).startswith(str(blocker))
     assert "not writable" in caplog.text and "embedding.cache_dir" in caplog.text
     shutil.rmtree(path.parent, ignore_errors=True)
+
+
+async def test_a_cached_text_is_answered_without_the_model_thread() -> None:
+    """Grounding re-embeds the user turn safety just scored: that must not queue behind model runs."""
+    e = Embedder()
+    v = e.encode([TEXTS[0]])[0]
+    assert np.array_equal((await e.aencode([TEXTS[0]]))[0], v)
+    assert e.batcher._task is None  # the batcher (and its model thread) was not needed
+    await e.aclose()
