@@ -13,7 +13,7 @@ Unintended Bias with Real Data for Text Classification"):
 - final bias score = 0.25·overall AUC + 0.25·(M_p(subgroup) + M_p(BPSN) + M_p(BNSP)).
 
 A scorer is any callable ``texts -> list[float]`` (probability of the harmful
-class); ``toxicity_scorer`` adapts the safety scorer (``score_batch`` → dicts).
+class); ``LabelScorer`` adapts the safety scorer (``score_batch`` → dicts).
 """
 
 from __future__ import annotations
@@ -57,10 +57,6 @@ class LabelScorer:
             batch = list(texts[k:k + self.batch_size])
             out.extend(float(d[self.label]) for d in self.scorer.score_batch(batch))
         return out
-
-
-def toxicity_scorer(safety_scorer: Any, label: str = "toxicity", batch_size: int = 64) -> LabelScorer:
-    return LabelScorer(safety_scorer, label, batch_size)
 
 
 def load_default_scorer(base_dir: str = ".", label: str = "toxicity") -> LabelScorer:

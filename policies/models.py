@@ -48,9 +48,7 @@ SafetyCategory = Literal[
 ]
 PiiEntity = Literal["email", "phone", "card"]
 
-ACTIONS: tuple[str, ...] = ("block", "flag", "redact", "shadow")
 CHECK_TYPES: tuple[str, ...] = ("safety", "recitation", "pii", "regex")
-SAFETY_CATEGORIES: tuple[str, ...] = SafetyCategory.__args__  # type: ignore[attr-defined]
 DEFAULT_TIMEOUT_MS = 1000.0
 
 

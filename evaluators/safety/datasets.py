@@ -58,6 +58,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evaluators.safety.head import sha256_file
+
 TRAINED_LABELS: tuple[str, ...] = ("toxicity", "identity_attack")
 DEFAULT_DATA_DIR = Path(os.environ.get("GATEHOUSE_DATA_DIR", "/work/shared/data"))
 
@@ -113,10 +115,6 @@ class Splits:
 
 def _bucket(key: str, n: int = 10) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % n
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def hatecheck_examples(path: Path) -> list[tuple[str, Example]]:
@@ -401,7 +399,7 @@ def load_splits(
     for p in (hc, it, ml, wk, wf):
         if not p.exists():
             raise FileNotFoundError(f"missing {p}; set GATEHOUSE_DATA_DIR or pass --data to the data directory")
-    s = Splits(files={str(p.relative_to(d)): _sha256(p) for p in (hc, it, ml, wk, wf)})
+    s = Splits(files={str(p.relative_to(d)): sha256_file(p) for p in (hc, it, ml, wk, wf)})
     hc_test: list[Example] = []
     it_test: list[Example] = []
     name_adj: list[Example] = []
@@ -434,7 +432,7 @@ def load_splits(
         for p in (*books, g / PROSE_TEST_BOOK):
             if not p.exists():
                 raise FileNotFoundError(f"missing {p}; set GATEHOUSE_DATA_DIR or pass --data to the data directory")
-            s.files[str(p.relative_to(d))] = _sha256(p)
+            s.files[str(p.relative_to(d))] = sha256_file(p)
         excluded = identity_terms(d)
         train_sents: list[str] = []
         for b in books:
