@@ -18,14 +18,12 @@ scrape its collector reports, on its own registry:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -202,58 +200,10 @@ async def consume_redis(
     return done
 
 
-async def follow_jsonl(path: str | os.PathLike[str], *, from_start: bool = False, poll: float = 0.25, stop: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Yield records appended to a JSONL traffic log; reopens the file after rotation."""
-    p = Path(path)
-    f = None
-    inode = None
-    buf = b""
-    try:
-        while not (stop and stop.is_set()):
-            if f is None:
-                if not p.exists():  # noqa: ASYNC240 - a stat on a local file; cheaper than a thread hop
-                    await _wait(poll, stop)
-                    continue
-                f = p.open("rb")  # noqa: ASYNC230 - local file, small non-blocking-in-practice reads
-                inode = os.fstat(f.fileno()).st_ino
-                if not from_start:
-                    f.seek(0, os.SEEK_END)
-                from_start = True  # later (rotated) files are read from the start
-            chunk = f.read(1 << 16)
-            if chunk:
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    with contextlib.suppress(ValueError):
-                        obj = json.loads(line)
-                        if isinstance(obj, dict):
-                            yield obj
-                continue
-            try:
-                st = p.stat()  # noqa: ASYNC240
-                rotated = st.st_ino != inode or st.st_size < f.tell()
-            except FileNotFoundError:
-                rotated = True
-            if rotated:
-                f.close()
-                f, buf = None, b""
-                continue
-            await _wait(poll, stop)
-    finally:
-        if f is not None:
-            f.close()
-
-
-async def _wait(seconds: float, stop: asyncio.Event | None) -> None:
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
 async def consume_jsonl(monitor: TrafficMonitor, path: str | os.PathLike[str], *, from_start: bool = False, max_records: int | None = None, stop: asyncio.Event | None = None, poll: float = 0.25) -> int:
     n = 0
+    from gateway.trafficlog import follow_jsonl  # the log's own reader
+
     async for rec in follow_jsonl(path, from_start=from_start, stop=stop, poll=poll):
         monitor.ingest(rec)
         n += 1

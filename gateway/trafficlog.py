@@ -292,26 +292,53 @@ def read_jsonl(path: Path, needle: bytes | None = None) -> Iterator[dict[str, An
         yield from read_log_file(f, needle)
 
 
-async def follow_jsonl(path: Path, poll: float = 0.25) -> AsyncIterator[dict[str, Any]]:
-    """Yield new records appended to ``path`` (follows rotation)."""
-    pos = path.stat().st_size if path.exists() else 0
-    ino = path.stat().st_ino if path.exists() else None
+async def follow_jsonl(path: str | os.PathLike[str], *, from_start: bool = False, poll: float = 0.25, stop: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Yield records appended to a JSONL traffic log; reopens the file after rotation."""
+    p = Path(path)
+    f = None
+    inode = None
     buf = b""
-    while True:
-        if path.exists():
-            st = path.stat()
-            if st.st_ino != ino or st.st_size < pos:
-                ino, pos, buf = st.st_ino, 0, b""
-            if st.st_size > pos:
-                with open(path, "rb") as fh:
-                    fh.seek(pos)
-                    data = fh.read()
-                pos += len(data)
-                buf += data
+    try:
+        while not (stop and stop.is_set()):
+            if f is None:
+                if not p.exists():
+                    await _wait(poll, stop)
+                    continue
+                f = p.open("rb")
+                inode = os.fstat(f.fileno()).st_ino
+                if not from_start:
+                    f.seek(0, os.SEEK_END)
+                from_start = True  # later (rotated) files are read from the start
+            chunk = f.read(1 << 16)
+            if chunk:
+                buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
-                    if line:
-                        with contextlib.suppress(orjson.JSONDecodeError):
-                            yield orjson.loads(line)
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        obj = orjson.loads(line)
+                        if isinstance(obj, dict):
+                            yield obj
                 continue
-        await asyncio.sleep(poll)
+            try:
+                st = p.stat()
+                rotated = st.st_ino != inode or st.st_size < f.tell()
+            except FileNotFoundError:
+                rotated = True
+            if rotated:
+                f.close()
+                f, buf = None, b""
+                continue
+            await _wait(poll, stop)
+    finally:
+        if f is not None:
+            f.close()
+
+
+async def _wait(seconds: float, stop: asyncio.Event | None) -> None:
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
