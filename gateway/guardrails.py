@@ -471,6 +471,19 @@ async def build_stage(services: Any) -> GuardrailStage | None:
     return stage
 
 
+def _warn_unscored(policies: PolicySet, scorer: Any) -> None:
+    """Say which thresholds can never fire: the scorer does not produce their category
+    (the default minilm-head scores only toxicity and identity_attack)."""
+    labels = set(getattr(scorer, "labels", ()))
+    unscored = sorted({
+        f"{r.id}:{category}" for r in policies.rules for c in r.checks if c.type == "safety"
+        for category in getattr(c.spec, "thresholds", {}) if category not in labels
+    })
+    if labels and unscored:
+        log.warning("safety scorer %s does not score %s: those thresholds never fire (scored: %s)",
+                    getattr(scorer, "name", "?"), ", ".join(unscored), ", ".join(sorted(labels)))
+
+
 class _ModelLoader:
     """Load the safety scorer / recitation index the first time a policy needs them."""
 
@@ -492,6 +505,8 @@ class _ModelLoader:
                     # follows its on_error (closed rules block, open rules pass with an
                     # `error` verdict counted in guardrail_checks_total{action="error"})
                     log.exception("could not load the safety scorer (safety.backend=%s)", settings.safety.backend)
+        if policies.needs("safety") and self.engine.safety is not None:
+            _warn_unscored(policies, self.engine.safety)  # on every (re)load of the policies
         if policies.needs("recitation") and self.engine.recitation is None:
             if not settings.recitation.index:
                 log.warning("policies use `recitation` checks but recitation.index is unset: they follow on_error")

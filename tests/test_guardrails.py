@@ -371,3 +371,22 @@ async def test_real_safety_scorer_in_the_holdback_filter() -> None:
         assert batches
     finally:
         await st.aclose()
+
+
+def test_a_threshold_the_scorer_cannot_produce_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from gateway.guardrails import _warn_unscored
+
+    policies = PolicySet.from_texts([("p.yaml", """\
+id: p
+version: 1
+owner: tests
+rules:
+  - id: block-toxic
+    checks: [{type: safety, thresholds: {toxicity: 0.8, threat: 0.7}}]
+""")])
+    with caplog.at_level("WARNING", logger="gatehouse.guardrails"):
+        _warn_unscored(policies, SimpleNamespace(name="minilm-head@x", labels=("toxicity", "identity_attack")))
+        _warn_unscored(policies, SimpleNamespace(name="full", labels=("toxicity", "threat")))
+    assert "does not score block-toxic:threat" in caplog.text and caplog.text.count("never fire") == 1
