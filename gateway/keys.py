@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from gateway import sqlitedb
 from gateway.config import AuthSettings, Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.ratelimit import LIMIT_NAMES, limit_scopes
@@ -362,8 +363,7 @@ class SQLiteKeyStore:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=5.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlitedb.connect(path, isolation_level=None, timeout=5.0)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 

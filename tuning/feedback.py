@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import threading
 import time
 import uuid
@@ -28,6 +27,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway import sqlitedb
 
 MAX_TEXT = 32_000
 RATINGS = ("up", "down")
@@ -137,8 +138,7 @@ class FeedbackStore:
         p.parent.mkdir(parents=True, exist_ok=True)
         self.path = p
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(p, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlitedb.connect(p)
         self._db.executescript(_SCHEMA)
         self._db.commit()
 

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
@@ -34,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gateway import sqlitedb
 
 KINDS = (
     "dataset",
@@ -189,8 +190,7 @@ class Registry:
         self.artifacts_dir = self.root / "artifacts"
         self.artifacts_dir.mkdir(exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.root / "registry.db", check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlitedb.connect(self.root / "registry.db")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._db.commit()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway import sqlitedb
 from gateway.prompts.model import PromptSpec, PromptVersion
 
 
@@ -105,8 +106,7 @@ class SQLitePromptStore:
         # opened on first use, so a gateway whose requests never name a prompt creates no file
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlitedb.connect(self.path, timeout=10.0, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=10000")
             conn.executescript(_SCHEMA)
             self._conn = conn
