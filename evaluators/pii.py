@@ -66,16 +66,32 @@ def find_pii(text: str, entities: tuple[str, ...] | list[str] = ENTITIES) -> lis
     return _non_overlapping(spans)
 
 
-_PRIORITY = {"email": 0, "card": 1, "phone": 2}
-
-
 def _non_overlapping(spans: list[PiiSpan]) -> list[PiiSpan]:
-    spans.sort(key=lambda s: (_PRIORITY[s.entity], s.start))
+    """Keep emails, then cards, then phones that overlap nothing kept before them.
+
+    Each entity's matches come from one ``finditer`` and so never overlap each other;
+    one sweep per entity against the (sorted, disjoint) spans kept so far keeps this
+    linear in the number of matches (a pairwise test was quadratic: 80 KB of
+    ``"12 34 "`` took half a second on the event loop)."""
     kept: list[PiiSpan] = []
-    for s in spans:
-        if all(s.end <= k.start or s.start >= k.end for k in kept):
-            kept.append(s)
-    kept.sort(key=lambda s: s.start)
+    for entity in ("email", "card", "phone"):
+        group = sorted((s for s in spans if s.entity == entity), key=lambda s: s.start)
+        if not group:
+            continue
+        merged: list[PiiSpan] = []
+        i = 0
+        for s in group:
+            # kept spans ending at or before s.start can't overlap s or any later candidate
+            while i < len(kept) and kept[i].end <= s.start:
+                merged.append(kept[i])
+                i += 1
+            if i < len(kept) and kept[i].start < s.end:
+                continue  # overlaps a span of a higher-priority entity
+            if merged and merged[-1].entity == entity and merged[-1].end > s.start:
+                continue  # (defensive) overlaps an earlier match of its own entity
+            merged.append(s)
+        merged.extend(kept[i:])
+        kept = merged
     return kept
 
 

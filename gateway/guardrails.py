@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,16 +168,49 @@ def _public_detail(v: Verdict) -> dict[str, Any]:
     return out
 
 
+# how bad a verdict is, for keeping the worst of a (rule, check, direction) group:
+# the enforced action first, then a check that could not run, then the score
+_RANK = {"pass": 0, "shadow": 1, "flag": 2, "redact": 3, "block": 4}
+
+
+def _rank(v: Verdict) -> tuple[int, bool, float]:
+    return _RANK.get(v.action, 0), v.category == "error", v.score
+
+
+def merge_verdicts(into: list[Verdict], new: list[Verdict]) -> None:
+    """Aggregate ``new`` into ``into`` per (rule, check, direction): the worst verdict
+    stands for its group and ``count`` says how many texts it covers. Linear in ``new``;
+    ``into`` stays as long as the policy has checks, whatever the size of the request."""
+    index = {(v.rule, v.check, v.direction): i for i, v in enumerate(into)}
+    for v in new:
+        key = (v.rule, v.check, v.direction)
+        i = index.get(key)
+        if i is None:
+            index[key] = len(into)
+            into.append(replace(v))  # a copy: the caller's verdicts are left as they were
+            continue
+        old = into[i]
+        worst = v if _rank(v) > _rank(old) else old
+        into[i] = replace(worst, count=old.count + v.count, latency_ms=max(old.latency_ms, v.latency_ms))
+
+
 def _compact(verdicts: list[Verdict]) -> str:
-    items = []
+    """The verdict header, built once: items are serialised one by one and the list stops
+    (with a ``truncated`` marker) before it would pass ``MAX_VERDICTS_HEADER`` bytes."""
+    parts: list[str] = []
+    size = 2  # the brackets
+    marker = json.dumps({"truncated": True}, separators=(",", ":"))
     for v in verdicts:
         item: dict[str, Any] = {"r": v.rule, "c": v.check, "cat": v.category, "a": v.action, "s": v.score, "d": v.direction[0]}
-        items.append(item)
-    raw = json.dumps(items, separators=(",", ":"))
-    while len(raw) > MAX_VERDICTS_HEADER and items:
-        items.pop()
-        raw = json.dumps([*items, {"truncated": True}], separators=(",", ":"))
-    return raw
+        if v.count > 1:
+            item["n"] = v.count
+        raw = json.dumps(item, separators=(",", ":"))
+        if size + len(raw) + 1 + len(marker) + 1 > MAX_VERDICTS_HEADER:
+            parts.append(marker)
+            break
+        parts.append(raw)
+        size += len(raw) + 1
+    return "[" + ",".join(parts) + "]"
 
 
 def _block_message(v: Verdict, where: str) -> str:
@@ -278,11 +311,11 @@ class GuardrailStage(BaseStage):
         return st.policies.resolve(c.tenant, c.key_id, ctx.model, direction, policy=st.policy)
 
     def _record(self, ctx: RequestContext, st: _RequestState, rules: list[Rule], verdicts: list[Verdict]) -> None:
-        ctx.record.verdicts.extend(verdicts)
+        merge_verdicts(ctx.record.verdicts, verdicts)
         exposing = {r.id for r in rules if r.expose_verdicts}
         if not exposing:
             return
-        st.exposed.extend(v for v in verdicts if v.rule in exposing)
+        merge_verdicts(st.exposed, [v for v in verdicts if v.rule in exposing])
         if st.exposed:
             ctx.response_headers[VERDICTS_HEADER] = _compact(st.exposed)
 
@@ -418,7 +451,7 @@ class HoldbackFilter:
             v.detail = {**(v.detail or {}), "window": [start, start + window_len]}
             fresh.append(v)
         if fresh:
-            self.ctx.record.verdicts.extend(fresh)
+            merge_verdicts(self.ctx.record.verdicts, fresh)
 
     def _redact_pending(self, outcome: Outcome, context_len: int) -> None:
         """Rewrite the pending chunks; spans in already released context can't be taken back."""

@@ -25,7 +25,10 @@ class Verdict:
     action: str  # block | flag | redact | shadow | pass
     direction: str  # input | output
     latency_ms: float = 0.0
-    detail: dict[str, Any] | None = None  # e.g. recitation source and matched span
+    detail: dict[str, Any] | None = None  # e.g. recitation source and matched span offsets
+    # how many texts this verdict stands for: a request's verdicts are aggregated per
+    # (rule, check, direction), keeping the worst one, so a record grows with the policy
+    count: int = 1
 
 
 @dataclass(slots=True)
