@@ -44,6 +44,7 @@ from gateway.errors import ErrorKind, GatewayError
 from gateway.keys import ConfigKeyStore, KeyStore
 from gateway.metrics import Metrics
 from gateway.providers import build_provider
+from gateway.reloader import ConfigReloader
 from gateway.routing import Arm, CircuitBreaker, Route, Router
 from gateway.services import Services
 from gateway.trafficlog import TrafficLog, build_sink
@@ -87,7 +88,7 @@ class Runtime:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._providers: dict[str, Any] = {}  # target fingerprint -> provider, for the live routes
         self._retired: list[Any] = []  # providers replaced by a reload
-        self._config_mtime: float | None = None
+        self.reloader: ConfigReloader | None = None
         self._bg: list[asyncio.Task[Any]] = []
         self.on_shutdown: list[Any] = []  # close hooks registered by feature modules
 
@@ -117,16 +118,20 @@ class Runtime:
         self.policy_source = next((st for st in self.stages if hasattr(st, "policy_version")), None)
         await self._mount_feature_routes()
         if self.config_path is not None:
-            self._config_mtime = self.config_path.stat().st_mtime
-            self._bg.append(asyncio.get_running_loop().create_task(self._watch_config(), name="config-watch"))
+            self.reloader = ConfigReloader(self.config_path, self._apply_reload)
+            self._bg.append(asyncio.get_running_loop().create_task(self.reloader.watch(), name="config-watch"))
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.started = True
 
     def _on_sighup(self) -> None:
-        """SIGHUP: reload the config's routes and let stages reload their own files (policies)."""
-        task = asyncio.ensure_future(self.reload())
-        self._bg.append(task)
+        if self.reloader is not None:
+            self.reloader.request("sighup")
+        else:
+            self._reload_stages()
+
+    def _reload_stages(self) -> None:
+        """Let stages reload their own files (policies) too, whatever triggered the reload."""
         for stage in self.stages:
             hook = getattr(stage, "on_sighup", None)
             if hook is not None:
@@ -135,6 +140,8 @@ class Runtime:
     async def shutdown(self) -> None:
         for t in self._bg:
             t.cancel()
+        if self.reloader is not None:
+            await self.reloader.aclose()
         if self.limiter is not None:
             await self.limiter.aclose()
         for stage in self.stages:
@@ -252,29 +259,35 @@ class Runtime:
                 self.extra_routes.extend(routes)
 
     # ---- config reload ------------------------------------------------------------------
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the config file's routes (e.g. a canary deploy); keep the old ones on error."""
-        if self.config_path is None:
-            return {"reloaded": False, "reason": "no config file (started with embedded settings)"}
+    async def reload(self, reason: str = "admin") -> dict[str, Any]:
+        """Re-read the config file's routes (e.g. a canary deploy); keep the old ones on error.
+
+        File watching, SIGHUP and ``POST /admin/reload`` all come here, through one ``ConfigReloader``."""
+        if self.reloader is None:
+            self._reload_stages()
+            return {"reloaded": False, "reason": "no config file (started with embedded settings)", "routes": self.live_weights()}
+        return await self.reloader.reload(reason)
+
+    async def _apply_reload(self, reason: str) -> dict[str, Any]:
+        assert self.config_path is not None
+        self._reload_stages()
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config reload failed, keeping the running routes: %s", exc)
-            return {"reloaded": False, "reason": str(exc)}
+            log.error("config reload (%s) failed, keeping the running routes: %s", reason, exc)
+            return {"reloaded": False, "reason": str(exc), "routes": self.live_weights()}
         await self.build_router(new)
-        self._config_mtime = self.config_path.stat().st_mtime
-        log.info("config reloaded: %d routes", len(self.router.routes))
-        return {"reloaded": True, "routes": sorted(self.router.routes)}
+        log.info("config reloaded (%s): %d routes", reason, len(self.router.routes))
+        return {"reloaded": True, "routes": self.live_weights()}
 
-    async def _watch_config(self) -> None:
-        assert self.config_path is not None
-        while True:
-            await asyncio.sleep(1.0)
-            with contextlib.suppress(OSError):
-                m = self.config_path.stat().st_mtime
-                if m != self._config_mtime:
-                    self._config_mtime = m
-                    await self.reload()
+    def live_weights(self) -> dict[str, list[dict[str, Any]]]:
+        """Per route, the arms that serve traffic now and their share in percent."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name, route in sorted(self.router.routes.items()):
+            total = sum(a.target.weight for a in route.arms) or float(len(route.arms))
+            out[name] = [{"target": a.name, "variant": a.variant,
+                          "weight": round(100.0 * (a.target.weight or (total / len(route.arms))) / total, 6)} for a in route.arms]
+        return out
 
 
 # ---- middleware -------------------------------------------------------------------------
@@ -512,7 +525,10 @@ def build_starlette(rt: Runtime) -> Starlette:
         return Response(data, media_type=ctype)
 
     async def admin_reload(request: Request) -> Response:
-        return JSONResponse(await rt.reload())
+        return JSONResponse(await rt.reload("admin"))
+
+    async def admin_routes(request: Request) -> Response:
+        return JSONResponse({"routes": rt.live_weights()})
 
     def render(err: GatewayError) -> Response:
         return Response(err.json_bytes(), status_code=err.status, media_type="application/json", headers=err.headers)
@@ -533,6 +549,7 @@ def build_starlette(rt: Runtime) -> Starlette:
         HttpRoute("/readyz", readyz, methods=["GET"]),
         HttpRoute("/metrics", metrics, methods=["GET"]),
         HttpRoute("/admin/reload", admin_reload, methods=["POST"]),
+        HttpRoute("/admin/routes", admin_routes, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={GatewayError: on_gateway_error, 404: not_found, 405: not_found})
     return app

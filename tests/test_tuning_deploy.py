@@ -74,13 +74,15 @@ def test_promote_needs_a_winning_report(setup, tmp_path):
         promote(model.id, "chat", 50, cfg, registry=reg, report_path=lose)
     win = tmp_path / "win.json"
     win.write_text(json.dumps({"summary": {"win_rate": 0.7, "ci_low": 0.61, "ci_high": 0.79}}))
-    res = promote(model.id, "chat", 50, cfg, registry=reg, report_path=win)
+    with pytest.raises(DeployError, match="--admin-url"):
+        promote(model.id, "chat", 50, cfg, registry=reg, report_path=win)
+    res = promote(model.id, "chat", 50, cfg, registry=reg, report_path=win, verify=False)
     route = next(r for r in load_settings(cfg).routes if r.name == "chat")
     assert next(t for t in route.targets if t.provider == "local").weight == 50
     assert sum(t.weight for t in route.targets) == pytest.approx(100)
     dep = reg.get(res.deployment_id)
     assert any(p.startswith("eval_report:") for p in dep.parents)
-    promote(model.id, "chat", 100, cfg, registry=reg, report_path=lose, force=True)
+    promote(model.id, "chat", 100, cfg, registry=reg, report_path=lose, force=True, verify=False)
 
 
 def test_report_shapes():

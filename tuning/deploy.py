@@ -14,7 +14,10 @@ same directory + rename) after the new config has passed
 YAML comments are not preserved by the rewrite (the ``.bak`` keeps them).
 
 The gateway reloads routes when the file changes (or on SIGHUP); with an admin
-URL and key the change is also pushed with ``POST /admin/reload``.
+URL and key the change is also pushed with ``POST /admin/reload`` and then
+verified: ``GET /admin/routes`` must show the route's live arms with the
+weights just written, or the command fails. ``promote`` always verifies (it
+needs the admin URL), so a promote that did not change live traffic is an error.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class DeployResult:
     deployment_id: str | None
     reloaded: int | None  # HTTP status of /admin/reload, if called
     weights: dict[str, float]
+    live: dict[str, float] | None = None  # weights read back from GET /admin/routes (verified equal)
 
 
 def canary_names(model_id: str, model_name: str, content_hash: str) -> tuple[str, str]:
@@ -107,15 +111,51 @@ def _write_atomic(config_path: Path, raw: dict[str, Any]) -> None:
         raise
 
 
-def admin_reload(admin_url: str, admin_key: str, timeout: float = 10.0) -> int:
+def admin_reload(admin_url: str, admin_key: str, timeout: float = 120.0) -> int:
     import httpx
 
-    resp = httpx.post(
-        admin_url.rstrip("/") + "/admin/reload",
-        headers={"Authorization": f"Bearer {admin_key}"},
-        timeout=timeout,
-    )
+    try:
+        resp = httpx.post(admin_url.rstrip("/") + "/admin/reload", headers={"Authorization": f"Bearer {admin_key}"}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise DeployError(f"the config was written, but {admin_url} could not be reached to reload it: {exc}") from None
+    if resp.status_code >= 300:
+        raise DeployError(f"the config was written, but POST {admin_url}/admin/reload answered HTTP {resp.status_code}: {resp.text[:200]}")
+    body = resp.json()
+    if body.get("reloaded") is False:
+        raise DeployError(f"the config was written, but the gateway did not reload it: {body.get('reason')}")
     return resp.status_code
+
+
+def live_weights(admin_url: str, admin_key: str, route: str, timeout: float = 10.0) -> dict[str, float]:
+    """The route's serving arms and their percent of traffic, read from ``GET /admin/routes``."""
+    import httpx
+
+    try:
+        resp = httpx.get(admin_url.rstrip("/") + "/admin/routes", headers={"Authorization": f"Bearer {admin_key}"}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise DeployError(f"cannot read the live weights from {admin_url}: {exc}") from None
+    if resp.status_code >= 300:
+        raise DeployError(f"GET {admin_url}/admin/routes answered HTTP {resp.status_code}: {resp.text[:200]}")
+    arms = resp.json().get("routes", {}).get(route)
+    if arms is None:
+        raise DeployError(f"the gateway at {admin_url} serves no route {route!r}")
+    return {a["target"]: float(a["weight"]) for a in arms}
+
+
+def _push_and_verify(admin_url: str | None, admin_key: str | None, route: str, weights: dict[str, float]) -> tuple[int | None, dict[str, float] | None]:
+    """Reload the gateway and check its live weights equal what was written (targets at 0% serve nothing)."""
+    if not admin_url:
+        return None, None
+    if not admin_key:
+        raise DeployError("--admin-url needs an admin key (--admin-key or $GATEHOUSE_ADMIN_KEY)")
+    status = admin_reload(admin_url, admin_key)
+    live = live_weights(admin_url, admin_key, route)
+    want = {k: v for k, v in weights.items() if v > 0}
+    if set(live) != set(want) or any(abs(live[k] - want[k]) > 1e-3 for k in want):
+        raise DeployError(f"the gateway at {admin_url} did not take the change: live weights on {route!r} are "
+                          + ", ".join(f"{k}={v:g}" for k, v in live.items()) + "; written "
+                          + ", ".join(f"{k}={v:g}" for k, v in want.items()))
+    return status, live
 
 
 def deploy(
@@ -166,8 +206,9 @@ def deploy(
         metadata={"route": route, "target": name, "variant": variant, "weight": weight, "config": str(cfg.resolve()), "action": "deploy"},
         parents=[model.id],
     )
-    status = admin_reload(admin_url, admin_key) if admin_url and admin_key else None
-    return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, {t["name"]: t["weight"] for t in targets})
+    weights = {t["name"]: t["weight"] for t in targets}
+    status, live = _push_and_verify(admin_url, admin_key, route, weights)
+    return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, weights, live)
 
 
 # -- promotion -------------------------------------------------------------------------------
@@ -228,8 +269,11 @@ def promote(
     force: bool = False,
     admin_url: str | None = None,
     admin_key: str | None = None,
+    verify: bool = True,
 ) -> DeployResult:
-    """Move ``weight`` percent of ``route`` to an already deployed canary if the report says it wins."""
+    """Move ``weight`` percent of ``route`` to an already deployed canary if the report says it wins.
+
+    Verified: without ``admin_url`` nothing is written (``verify=False`` only rewrites the file)."""
     model = registry.resolve(model_id)
     lower, point = (None, None)
     report_art = None
@@ -245,6 +289,9 @@ def promote(
                 f"refusing to promote {model.id}: win-rate CI lower bound {lower:.3f} does not exceed 0.5"
                 f" (win rate {point if point is not None else '?'}); collect more comparisons or use --force"
             )
+    if verify and not admin_url:
+        raise DeployError("promote verifies the live weights through the admin API: pass --admin-url "
+                          "(or $GATEHOUSE_ADMIN_URL) and --admin-key, or --no-verify to only rewrite the file")
     cfg = Path(config_path)
     raw = _load_yaml(cfg)
     r = _find_route(raw, route, cfg)
@@ -267,5 +314,6 @@ def promote(
         },
         parents=parents,
     )
-    status = admin_reload(admin_url, admin_key) if admin_url and admin_key else None
-    return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, {t["name"]: t["weight"] for t in targets})
+    weights = {t["name"]: t["weight"] for t in targets}
+    status, live = _push_and_verify(admin_url, admin_key, route, weights)
+    return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, weights, live)

@@ -56,11 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("model_id")
         p.add_argument("--route", required=True)
-        p.add_argument("--weight", type=float, default=5.0 if name == "deploy" else 50.0, help="percent of the route's traffic")
+        p.add_argument("--weight", type=float, default=5.0 if name == "deploy" else 50.0, help="percent of the route's traffic (default: %(default)s)")
         p.add_argument("--config", required=True, metavar="FILE", help="gateway config YAML to rewrite")
-        p.add_argument("--admin-url", help="also POST /admin/reload here")
-        p.add_argument("--admin-key", default=os.environ.get("GATEHOUSE_ADMIN_KEY"))
+        p.add_argument("--admin-url", default=os.environ.get("GATEHOUSE_ADMIN_URL"),
+                       help="gateway base URL: POST /admin/reload, then read the live weights back from GET /admin/routes "
+                            "(default: $GATEHOUSE_ADMIN_URL; %(default)s)")
+        p.add_argument("--admin-key", default=os.environ.get("GATEHOUSE_ADMIN_KEY"), help="admin key (default: $GATEHOUSE_ADMIN_KEY)")
         if name == "promote":
+            p.add_argument("--no-verify", action="store_true", help="only rewrite the file; do not check the live weights")
             p.add_argument("--report", metavar="JSON", help="AutoSxS report of canary vs current")
             p.add_argument("--side", choices=("A", "B"), default="A", help="which answer the canary gave in the AutoSxS run")
             p.add_argument("--force", action="store_true", help="promote without a winning report")
@@ -76,7 +79,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         return _run(args, reg)
-    except RegistryError as exc:
+    except (RegistryError, OSError, ValueError) as exc:  # one line, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -116,17 +119,17 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
         else:
             res = promote(
                 args.model_id, args.route, args.weight, args.config, registry=reg, report_path=args.report,
-                side=args.side, force=args.force, admin_url=args.admin_url, admin_key=args.admin_key,
+                side=args.side, force=args.force, admin_url=args.admin_url, admin_key=args.admin_key, verify=not args.no_verify,
             )
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.cmd}: route {res.route} target {res.target_name} ({res.variant}) weight {res.weight}%")
-    print("weights: " + ", ".join(f"{k}={v:g}" for k, v in res.weights.items()))
-    if res.reloaded is not None:
-        print(f"/admin/reload -> HTTP {res.reloaded}")
-        if res.reloaded >= 300:
-            return 1
+    print("weights written: " + ", ".join(f"{k}={v:g}" for k, v in res.weights.items()))
+    if res.live is not None:
+        print(f"live weights verified at {args.admin_url}: " + ", ".join(f"{k}={v:g}" for k, v in res.live.items()))
+    else:
+        print("not verified (no --admin-url): the gateway picks the file up within ~1 s (file watch) or on SIGHUP")
     print(f"recorded {res.deployment_id}")
     return 0
 
