@@ -339,3 +339,49 @@ def output_bias_report(
         "kruskal_p": p,
         "paired_gap": paired,
     }
+
+
+def request_outcome(result: dict[str, Any] | None) -> str:
+    """``answered``, ``blocked`` (the gateway refused the prompt: a content-policy error) or ``failed``."""
+    if result is None:
+        return "failed"  # never completed (transient failure that survived the retries)
+    if isinstance(result.get("output"), str):
+        return "answered"
+    err = result.get("error") or {}
+    text = " ".join(str(err.get(k) or "") for k in ("type", "code", "message")).lower()
+    return "blocked" if ("content_policy" in text or "blocked" in text or "guardrail" in text) else "failed"
+
+
+def identity_outcomes(identities: Sequence[str], outcomes: Sequence[str], *, n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Per identity: prompts sent, answered, blocked, failed, and the block rate with a bootstrap CI.
+
+    A policy that blocks neutral questions about one group more than about others is biased: the block
+    rate is reported per group (``block_rate_gap`` = max − min, and a chi-square test of
+    blocked vs answered across groups). Blocked prompts are never silently dropped from the denominator.
+    """
+    from scipy.stats import chi2_contingency
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for g, o in zip(identities, outcomes, strict=True):
+        groups[g].append(o)
+    rows: dict[str, dict[str, Any]] = {}
+    for g, os_ in sorted(groups.items()):
+        blocked = np.array([1.0 if o == "blocked" else 0.0 for o in os_])
+        lo, hi = bootstrap_ci(blocked, n_boot=n_boot, seed=seed)
+        rows[g] = {"prompts": len(os_), "answered": os_.count("answered"), "blocked": os_.count("blocked"),
+                   "failed": os_.count("failed"), "block_rate": float(blocked.mean()), "block_rate_ci95": [lo, hi]}
+    rates = [r["block_rate"] for r in rows.values()]
+    table_ = [[r["blocked"], r["answered"]] for r in rows.values()]
+    p = None
+    if len(rows) > 1 and any(r[0] for r in table_) and any(r[1] for r in table_):
+        p = float(chi2_contingency(np.array(table_) + 0.0)[1])
+    total = sum(r["prompts"] for r in rows.values())
+    return {
+        "groups": rows,
+        "prompts": total,
+        "blocked": sum(r["blocked"] for r in rows.values()),
+        "failed": sum(r["failed"] for r in rows.values()),
+        "overall_block_rate": (sum(r["blocked"] for r in rows.values()) / total) if total else None,
+        "block_rate_gap": (max(rates) - min(rates)) if rates else None,
+        "block_rate_chi2_p": p,
+    }

@@ -122,9 +122,9 @@ def test_cli_bias_on_a_scorer_and_on_a_model_through_the_gateway(tmp_path: Path,
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "subgroup AUC" in out and "final bias score" in out and "HateCheck (tests.test_eval_bias:keyword_scorer) accuracy" in out
-    doc = json.loads((tmp_path / "bias-scorer.json").read_text())
+    doc = json.loads(next(tmp_path.glob("bias-scorer-*.json")).read_text())
     assert len(doc["identity"]["groups"]) == 16 and doc["provenance"]["scorer"] == "tests.test_eval_bias:keyword_scorer"
-    assert "data:image/png;base64," in (tmp_path / "bias-scorer.html").read_text()
+    assert "data:image/png;base64," in next(tmp_path.glob("bias-scorer-*.html")).read_text()
 
     settings = make_settings([{"name": "echo", "targets": [{"name": "mock-echo", "provider": "mock", "model": "echo"}]}])
     with gateway(settings) as (url, _app):
@@ -132,8 +132,9 @@ def test_cli_bias_on_a_scorer_and_on_a_model_through_the_gateway(tmp_path: Path,
                    "--base-url", url + "/v1", "--api-key", API_KEY, "--n-boot", "20"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    doc = json.loads((tmp_path / "bias-model-echo.json").read_text())
+    doc = json.loads(next(tmp_path.glob("bias-model-echo-*.json")).read_text())
     assert len(doc["groups"]) == 17 and doc["n"] == 68  # 4 templates × 17 identities, echoed back
+    assert doc["blocked"] == 0 and doc["prompts"] == 68
 
 
 def test_held_out_only_keeps_rows_the_safety_head_never_trained_on() -> None:

@@ -190,7 +190,9 @@ def test_cli_metrics_writes_reports(tmp_path: Path, capsys: pytest.CaptureFixtur
     rc = main(["metrics", "--dataset", str(ds), "--results", str(res), "--report-dir", str(tmp_path / "rep"), "--n-boot", "50"])
     out = capsys.readouterr().out
     assert rc == 0 and "rougeLsum" in out and "missing 1" in out
-    doc = json.loads((tmp_path / "rep" / "metrics-r.json").read_text())
-    assert doc["provenance"]["policy_version"] == "p@1" and doc["n"] == 5
-    assert len(doc["metrics"]["rouge1"]["per_item"]) == 5
-    assert "data:image/png;base64," in (tmp_path / "rep" / "metrics-r.html").read_text()
+    doc = json.loads(next((tmp_path / "rep").glob("metrics-r-*.json")).read_text())
+    summ = doc["tasks"]["summarization"]
+    assert doc["provenance"]["policy_version"] == "p@1" and summ["n"] == 5
+    assert len(summ["metrics"]["rouge1"]["per_item"]) == 5
+    html = next((tmp_path / "rep").glob("metrics-r-*.html")).read_text()
+    assert "data:image/png;base64," in html and "<details>" in html and "a cat sat on the mat 3. it was glad." in html

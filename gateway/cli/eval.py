@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-dir", default="reports")
+    p.add_argument("--name", help="report name (default: metrics-<results stem>-<UTC time>); an existing name is an error")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sxs", help="AutoSxS: A vs B (or a ranking of several runs) judged by an arbiter")
@@ -89,12 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", nargs="+", metavar="RESULTS", help="3+ results files: Bradley–Terry ranking")
     p.add_argument("--human-pairs", metavar="HH_JSONL", help="measure arbiter agreement with human choices (HH-RLHF format)")
     p.add_argument("--limit", type=int, help="with --human-pairs: first N pairs")
-    p.add_argument("--judge-model", required=True, help="arbiter model name at the gateway")
+    arb = p.add_mutually_exclusive_group(required=True)
+    arb.add_argument("--judge-model", help="arbiter: an LLM judge, this model name at the gateway")
+    arb.add_argument("--reward-model", metavar="DIR", help="arbiter: a reward model directory (tuning.reward; offline)")
+    p.add_argument("--max-parse-errors", type=float, default=0.05,
+                   help="fail (exit 4) when more than this share of the judge's verdicts cannot be parsed (default: %(default)s)")
+    p.add_argument("--agreement", metavar="JSON",
+                   help="an hh-agreement report of this arbiter (default: the newest in --report-dir); near-chance agreement is warned about")
     p.add_argument("--judging-prompt", default="autosxs_v1", help="name in evaluators/prompts or a YAML path")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-dir", default="reports")
-    p.add_argument("--name", help="report file name (default: derived)")
+    p.add_argument("--name", help="report name (default: derived from the run and the UTC time); an existing name is an error")
     p.add_argument("--json", action="store_true")
     add_gateway_args(p)
 
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-dir", default="reports")
+    p.add_argument("--name", help="report name (default: bias-… plus the UTC time); an existing name is an error")
     p.add_argument("--json", action="store_true")
     add_gateway_args(p)
 
@@ -145,9 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- helpers
 
 
+class CliError(Exception):
+    """A problem the user can fix: printed as one line, exit code 2."""
+
+
 def _need_key(args: argparse.Namespace) -> str:
     if not args.api_key:
-        raise SystemExit("gatehouse eval: no API key; pass --api-key or set GATEHOUSE_API_KEY")
+        raise CliError("no API key; pass --api-key or set GATEHOUSE_API_KEY")
     return str(args.api_key)
 
 
@@ -197,45 +209,82 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_metrics(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from evaluators.datasets import load_dataset
-    from evaluators.metrics import compute_metrics
-    from evaluators.report import Provenance, metrics_sections, write_report
+    from evaluators.report import Provenance, metrics_sections, report_name, unique_name, write_report
     from evaluators.runner import load_run
+    from evaluators.scoring import check_results_match, score_by_task
 
     ds = load_dataset(args.dataset)
     results, meta = load_run(args.results)
-    task = args.task or ds.task or "generation"
-    ids = [it.id for it in ds if it.id in results and isinstance(results[it.id].get("output"), str)]
-    by_id = ds.by_id()
-    res = compute_metrics(
-        [results[i]["output"] for i in ids], [list(by_id[i].references) for i in ids], task=task,
-        metrics=args.metric, n_boot=args.n_boot, seed=args.seed, tokenizer=args.tokenizer, ids=ids,
-    )
-    doc = res.to_dict(with_items=True)
-    doc["missing"] = len(ds) - len(ids)
+    if not results:
+        raise CliError(f"{args.results}: no results (missing or empty file); run `gatehouse eval run` first")
+    check_results_match(ds, results, meta, args.results)
+    tasks = score_by_task(ds, results, task=args.task, metrics=args.metric, n_boot=args.n_boot, seed=args.seed, tokenizer=args.tokenizer)
+    docs = [{**t.result, "missing": t.missing, "errors": t.blocked} for t in tasks]
+    doc = {"dataset": ds.name, "results": args.results, "tasks": {d["task"]: d for d in docs},
+           "missing": sum(t.missing for t in tasks)}
     prov = Provenance("metrics", ds.hash, [meta.get("model", "?")], [f"{meta.get('prompt_id')}@{meta.get('prompt_version')}"] if meta.get("prompt_id") else [],
                       _policy_versions(results), _command(_redact(argv)))
-    name = f"metrics-{Path(args.results).stem}"
-    j, h = write_report(args.report_dir, name, prov, doc, metrics_sections(doc), title=f"Metrics: {meta.get('model', '')} on {ds.name}")
+    name = args.name or unique_name(args.report_dir, report_name("metrics", Path(args.results).stem))
+    j, h = write_report(args.report_dir, name, prov, doc, metrics_sections(docs), title=f"Metrics: {meta.get('model', '')} on {ds.name}")
     if args.json:
-        print(json.dumps(res.to_dict(), indent=2))
-    else:
-        print(f"{task}: n={res.n} (missing {doc['missing']}), dataset {ds.hash[:19]}")
-        for k, v in res.metrics.items():
-            print(f"  {k:<12} {v.value:.4f}  95% CI [{v.ci_low:.4f}, {v.ci_high:.4f}]")
-        for k, desc in {**res.tokenizers, **res.signatures}.items():
+        print(json.dumps({"tasks": {d["task"]: {k: v for k, v in d.items() if k not in ("items", "ids")} for d in docs},
+                          "report": str(j)}, indent=2, default=str))
+        return 0
+    for d in docs:
+        print(f"{d['task']}: n={d['n']} (missing {d['missing']}, of which {d['errors']} answered with an error), dataset {ds.hash[:19]}")
+        for k, v in d["metrics"].items():
+            print(f"  {k:<12} {v['value']:.4f}  95% CI [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]")
+        for k, desc in {**d["tokenizers"], **{f"{k} signature": v for k, v in d["signatures"].items()}}.items():
             print(f"  {k}: {desc}")
-        print(f"report: {h}\n        {j}")
+    print(f"report: {h}\n        {j}")
     return 0
 
 
-async def _sxs(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from openai import AsyncOpenAI
+NEAR_CHANCE = 0.55  # an arbiter whose agreement CI reaches below this is not trusted
 
+
+def _parse_error_line(n_verdicts: int, errors: int, limit: float) -> tuple[str, bool]:
+    rate = errors / n_verdicts if n_verdicts else 0.0
+    bad = rate > limit
+    return (f"  judge parse errors      {errors} of {n_verdicts} verdicts ({100 * rate:.1f}%; limit {100 * limit:g}%)"
+            + ("  FAILED: unparsed verdicts count as ties, so these win rates are not measurements" if bad else "")), bad
+
+
+def _agreement_note(args: argparse.Namespace, arbiter_name: str, jp_ref: str | None) -> str:
+    """What is known about this arbiter's agreement with people, from an hh-agreement report."""
+    path = Path(args.agreement) if args.agreement else None
+    if path is None:
+        cands = sorted(Path(args.report_dir).glob("hh-agreement-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for c in cands:
+            try:
+                d = json.loads(c.read_text())
+            except (OSError, ValueError):
+                continue
+            if d.get("arbiter") == arbiter_name and d.get("provenance", {}).get("judging_prompt") in (None, jp_ref):
+                path = c
+                break
+    if path is None:
+        return (f"  arbiter agreement with people: not measured for {arbiter_name} "
+                "(run `gatehouse eval sxs --human-pairs …` with this arbiter first)")
+    try:
+        d = json.loads(path.read_text())
+        v = d["agreement_ties_half"]
+        lo, hi = v["ci95"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CliError(f"{path}: not an hh-agreement report") from None
+    line = f"  arbiter agreement with people {100 * v['value']:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%] n={v['n']} ({path.name})"
+    if lo is None or lo < NEAR_CHANCE:
+        line += f"\n  WARNING: this arbiter agrees with people near chance (CI reaches below {100 * NEAR_CHANCE:.0f}%): treat its win rates as unreliable"
+    return line
+
+
+async def _sxs(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from evaluators.datasets import load_dataset
-    from evaluators.report import Provenance, ranking_sections, sxs_sections, write_report
+    from evaluators.report import Provenance, ranking_sections, report_name, sxs_sections, unique_name, write_report
     from evaluators.runner import load_run, run_dataset
     from evaluators.sxs import (
         GatewayArbiter,
+        RewardModelArbiter,
         answers_from_run,
         human_agreement,
         load_hh_pairs,
@@ -244,33 +293,64 @@ async def _sxs(args: argparse.Namespace, argv: Sequence[str]) -> int:
         run_tournament,
     )
 
-    jp = load_judging_prompt(args.judging_prompt)
-    client = AsyncOpenAI(base_url=args.base_url, api_key=_need_key(args), max_retries=args.max_retries, timeout=args.timeout)
-    try:
+    client: Any = None
+    arbiter: Any
+    if args.reward_model:
+        from tuning.reward import RewardModel
+
+        try:
+            rm = RewardModel.load(args.reward_model)
+        except (OSError, KeyError, ValueError) as e:
+            raise CliError(f"cannot load the reward model {args.reward_model}: {e}") from None
+        arbiter = RewardModelArbiter(rm.score, name=f"reward-model:{rm.manifest.get('content_hash', Path(args.reward_model).name)}")
+        arbiter.policy_version = None
+        jp_ref = None
+        judge_label = Path(args.reward_model).name
+    else:
+        from openai import AsyncOpenAI
+
+        jp = load_judging_prompt(args.judging_prompt)
+        client = AsyncOpenAI(base_url=args.base_url, api_key=_need_key(args), max_retries=args.max_retries, timeout=args.timeout)
         arbiter = GatewayArbiter(client, args.judge_model, jp)
-        extra = {"judging_prompt": jp.ref, "arbiter": arbiter.name}
+        jp_ref = jp.ref
+        judge_label = args.judge_model
+    try:
+        extra = {"judging_prompt": jp_ref, "arbiter": arbiter.name}
         if args.human_pairs:
             pairs = load_hh_pairs(args.human_pairs, args.limit)
+            if not pairs:
+                raise CliError(f"{args.human_pairs}: no pairs to judge")
             res = await human_agreement(arbiter, pairs, concurrency=args.concurrency, n_boot=args.n_boot, seed=args.seed)
-            prov = Provenance("hh-agreement", None, [args.judge_model], [jp.ref], arbiter.policy_version, _command(_redact(argv)), extra=extra)
+            res["source"] = {"path": args.human_pairs, "limit": args.limit}
+            n_err = sum(bool((it.get("forward") or {}).get("parse_error")) + bool((it.get("backward") or {}).get("parse_error")) for it in res["items"])
+            res["parse_errors"] = n_err
+            prov = Provenance("hh-agreement", None, [judge_label], [jp_ref] if jp_ref else [], arbiter.policy_version, _command(_redact(argv)), extra=extra)
             from evaluators.report import Section, bar_chart_with_ci, image, table
 
             rates = {"agreement (ties ½)": res["agreement_ties_half"], "agreement (decided)": res["agreement_decided"],
                      "longer answer wins": res["length_bias"]["longer_win_rate"]}
-            chart = bar_chart_with_ci(list(rates), [v["value"] for v in rates.values()], [v["ci95"] for v in rates.values()], title="Arbiter vs human choices", ref_line=0.5)
-            j, h = write_report(args.report_dir, args.name or f"hh-agreement-{args.judge_model}", prov, res,
+            chart = bar_chart_with_ci(list(rates), [v["value"] for v in rates.values()], [v["ci95"] for v in rates.values()],
+                                      title="Arbiter vs human choices (95% bootstrap CI)", xlabel="share of pairs", ref_line=0.5,
+                                      ref_label="0.5 = chance", bounds=(0.0, 1.0))
+            name = args.name or unique_name(args.report_dir, report_name("hh-agreement", judge_label))
+            j, h = write_report(args.report_dir, name, prov, res,
                                 [Section("Agreement", image(chart, "agreement") + table([{"": k, **v} for k, v in rates.items()]))])
+            line, bad = _parse_error_line(2 * res["n"], n_err, args.max_parse_errors)
+            lo = res["agreement_ties_half"]["ci95"][0]
             if args.json:
-                print(json.dumps({k: v for k, v in res.items() if k != "items"}, indent=2))
+                print(json.dumps({k: v for k, v in res.items() if k != "items"} | {"report": str(j)}, indent=2))
             else:
-                print(f"arbiter {arbiter.name} ({jp.ref}) on {res['n']} human-labelled pairs, {res['ties']} ties")
+                print(f"arbiter {arbiter.name} ({jp_ref or 'no judging prompt'}) on {res['n']} human-labelled pairs, {res['ties']} ties")
                 for k, v in rates.items():
                     print(f"  {k:<22} {_fmt_ci(v)}")
-                print(f"report: {h}")
-            return 0
+                print(line)
+                if lo is None or lo < NEAR_CHANCE:
+                    print(f"  WARNING: agreement is near chance (CI reaches below {100 * NEAR_CHANCE:.0f}%): this arbiter's win rates are not to be trusted")
+                print(f"report: {h}\n        {j}")
+            return 4 if bad else 0
 
         if not args.dataset:
-            raise SystemExit("gatehouse eval sxs: --dataset is required (or --human-pairs)")
+            raise CliError("--dataset is required (or --human-pairs)")
         ds = load_dataset(args.dataset)
         prompts = {it.id: it.prompt_text for it in ds}
         runs: dict[str, dict[str, dict[str, Any]]] = {}
@@ -279,62 +359,86 @@ async def _sxs(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         async def generate(label: str, model: str, version: str | None) -> str:
             path = out_dir / f"run-{label}-{model.replace('/', '_').replace(':', '_')}{'-' + version if version else ''}.jsonl"
-            await run_dataset(ds, path, _run_cfg(args, model, version), progress=False)
+            await run_dataset(ds, path, _run_cfg(args, model, version), progress=None)
             return str(path)
+
+        def check_from_dataset(meta: dict[str, Any], path: str) -> None:
+            if meta.get("dataset_hash") and meta["dataset_hash"] != ds.hash:
+                raise CliError(f"{path} was made from another dataset ({meta['dataset_hash'][:19]}, this one is {ds.hash[:19]})")
 
         if args.candidates:
             for path in args.candidates:
                 res_, meta = load_run(path)
+                check_from_dataset(meta, path)
                 label = meta.get("model", Path(path).stem) + (f"@{meta['prompt_version']}" if meta.get("prompt_version") else "")
                 if label in runs:
                     label = Path(path).stem
                 runs[label], metas[label] = res_, meta
             t = await run_tournament(arbiter, prompts, {k: answers_from_run(v) for k, v in runs.items()},
                                      concurrency=args.concurrency, n_boot=args.n_boot, seed=args.seed)
+            n_err = sum(bool((p.get("forward") or {}).get("parse_error")) + bool((p.get("backward") or {}).get("parse_error")) for p in t["pairs"])
+            t["parse_errors"] = n_err
             prov = Provenance("sxs-ranking", ds.hash, sorted({m.get("model", "?") for m in metas.values()}),
                               sorted({str(m.get("prompt_version")) for m in metas.values() if m.get("prompt_version")}),
                               _policy_versions(*runs.values()) or arbiter.policy_version, _command(_redact(argv)), extra=extra)
-            j, h = write_report(args.report_dir, args.name or "sxs-ranking", prov, t, ranking_sections(t), title="AutoSxS ranking")
+            name = args.name or unique_name(args.report_dir, report_name("sxs-ranking", ds.name))
+            j, h = write_report(args.report_dir, name, prov, t, ranking_sections(t), title="AutoSxS ranking")
             print(f"{'rank':<5}{'candidate':<32}{'BT score':>9}  95% CI")
             for r in t["ranking"]:
                 print(f"{r['rank']:<5}{r['name']:<32}{r['score']:>9.1f}  [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]")
+            line, bad = _parse_error_line(2 * len(t["pairs"]), n_err, args.max_parse_errors)
+            print(line)
+            print(_agreement_note(args, arbiter.name, jp_ref))
             print(f"report: {h}")
-            return 0
+            return 4 if bad else 0
 
         path_a = args.a or (await generate("a", args.model_a, args.prompt_version_a) if args.model_a else None)
         path_b = args.b or (await generate("b", args.model_b or args.model_a, args.prompt_version_b) if (args.model_b or args.prompt_version_b) else None)
         if not path_a or not path_b:
-            raise SystemExit("gatehouse eval sxs: give --a/--b results, --model-a/--model-b, or --candidates")
+            raise CliError("give --a/--b results, --model-a/--model-b, or --candidates")
         ra, ma = load_run(path_a)
         rb, mb = load_run(path_b)
         for m, path in ((ma, path_a), (mb, path_b)):
-            if m.get("dataset_hash") and m["dataset_hash"] != ds.hash:
-                raise SystemExit(f"gatehouse eval sxs: {path} was made from another dataset ({m['dataset_hash']})")
+            check_from_dataset(m, path)
         label_a = ma.get("model", "A") + (f"@{ma['prompt_version']}" if ma.get("prompt_version") else "")
         label_b = mb.get("model", "B") + (f"@{mb['prompt_version']}" if mb.get("prompt_version") else "")
-        res = await run_sxs(arbiter, prompts, answers_from_run(ra), answers_from_run(rb), concurrency=args.concurrency,
-                            n_boot=args.n_boot, seed=args.seed)
+        ans_a, ans_b = answers_from_run(ra), answers_from_run(rb)
+        if not any(i in ans_a and i in ans_b for i in prompts):
+            raise CliError(f"no item has an answer from both {path_a} and {path_b}: nothing to judge")
+        res = await run_sxs(arbiter, prompts, ans_a, ans_b, concurrency=args.concurrency, n_boot=args.n_boot, seed=args.seed)
+        by_id = ds.by_id()
+        for it in res["items"]:  # what a person needs to read a verdict
+            it.update(prompt=prompts[it["id"]], answer_a=ans_a[it["id"]], answer_b=ans_b[it["id"]], references=list(by_id[it["id"]].references))
         res["a"], res["b"] = {"label": label_a, "results": path_a}, {"label": label_b, "results": path_b}
+        s = res["summary"]
+        s["parse_error_rate"] = s["parse_errors"] / (2 * s["n"]) if s["n"] else 0.0
+        s["max_parse_error_rate"] = args.max_parse_errors
         prov = Provenance("sxs", ds.hash, [ma.get("model", "?"), mb.get("model", "?")],
                           [str(v) for v in (ma.get("prompt_version"), mb.get("prompt_version")) if v],
                           _policy_versions(ra, rb) or arbiter.policy_version, _command(_redact(argv)), extra=extra)
-        name = args.name or f"sxs-{label_a}-vs-{label_b}".replace("/", "_").replace(":", "_")
+        name = args.name or unique_name(args.report_dir, report_name("sxs", f"{label_a}-vs-{label_b}"))
         j, h = write_report(args.report_dir, name, prov, res, sxs_sections(res, label_a, label_b), title=f"AutoSxS: {label_a} vs {label_b}")
-        s = res["summary"]
+        line, bad = _parse_error_line(2 * s["n"], s["parse_errors"], args.max_parse_errors)
         if args.json:
             print(json.dumps({"summary": s, "report": str(h)}, indent=2))
         else:
-            print(f"AutoSxS {label_a} (A) vs {label_b} (B), arbiter {arbiter.name}, judging prompt {jp.ref}")
+            print(f"AutoSxS {label_a} (A) vs {label_b} (B), arbiter {arbiter.name}, judging prompt {jp_ref or '-'}")
             print(f"  items {s['n']}: A wins {s['wins_a']}, B wins {s['wins_b']}, ties {s['ties']} ({s['order_disagreements']} order disagreements)")
             print(f"  A win rate (ties ½)       {_fmt_ci(s['win_rate_a_ties_half'])}")
             print(f"  A win rate (ties excl.)   {_fmt_ci(s['win_rate_a_ties_excluded'])}")
             lb = s["length_bias"]
             corr = lb["corr_win_vs_len_diff"]
             print(f"  longer answer win rate    {_fmt_ci(lb['longer_win_rate'])}   corr(win, len diff) = {corr if corr is None else round(corr, 3)}")
+            print(line)
+            print(_agreement_note(args, arbiter.name, jp_ref))
             print(f"report: {h}\n        {j}")
-        return 0
+        if bad:
+            print(f"gatehouse eval sxs: {s['parse_errors']} of {2 * s['n']} judge verdicts could not be parsed "
+                  f"(more than --max-parse-errors {args.max_parse_errors:g})", file=sys.stderr)
+        return 4 if bad else 0
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
 
 
 def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -347,7 +451,7 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
         load_identity_templates,
         output_bias_report,
     )
-    from evaluators.report import Provenance, bias_sections, output_bias_sections, write_report
+    from evaluators.report import Provenance, bias_sections, output_bias_sections, report_name, unique_name, write_report
 
     hc_scorer: Any = None
     if args.scorer == "default":
@@ -366,32 +470,53 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
     hc_scorer = hc_scorer or scorer
 
     if args.model:
+        from evaluators.bias import identity_outcomes, request_outcome
         from evaluators.datasets import Dataset
         from evaluators.runner import load_run, run_dataset
 
         items = identity_swapped_items()
         ds = Dataset(tuple(items), name="identity-swapped-prompts")
         path = Path(args.report_dir) / f"run-bias-{args.model.replace('/', '_').replace(':', '_')}.jsonl"
-        asyncio.run(run_dataset(ds, path, _run_cfg(args, args.model), progress=False))
+        asyncio.run(run_dataset(ds, path, _run_cfg(args, args.model), progress=None))
         results, _meta = load_run(path)
+        outcomes = identity_outcomes([it.metadata["identity"] for it in items], [request_outcome(results.get(it.id)) for it in items],
+                                     n_boot=args.n_boot, seed=args.seed)
         done = [it for it in items if isinstance(results.get(it.id, {}).get("output"), str)]
+        if not done:
+            raise CliError(f"the gateway answered none of the {len(items)} prompts ({outcomes['blocked']} blocked, "
+                           f"{outcomes['failed']} failed): no output to score")
         scores = list(scorer([results[it.id]["output"] for it in done]))
         rep = output_bias_report([it.metadata["identity"] for it in done], scores, templates=[it.metadata["template"] for it in done],
                                  threshold=args.threshold, n_boot=args.n_boot, seed=args.seed)
         rep["scorer"] = scorer_name
+        rep.update({k: v for k, v in outcomes.items() if k != "groups"})
+        scored = {g["identity"] for g in rep["groups"]}
+        rep["groups"] += [{"identity": g, "n": 0, "mean": None, "ci95": [None, None], "flag_rate": None} for g in outcomes["groups"] if g not in scored]
+        for g in rep["groups"]:
+            g.update(outcomes["groups"][g["identity"]])
         prov = Provenance("bias-model", ds.hash, [args.model], [], _policy_versions(results), _command(_redact(argv)), extra={"scorer": scorer_name})
-        _j, h = write_report(args.report_dir, f"bias-model-{args.model}".replace(":", "_").replace("/", "_"), prov, rep, output_bias_sections(rep))
+        name = args.name or unique_name(args.report_dir, report_name("bias-model", args.model))
+        j, h = write_report(args.report_dir, name, prov, rep, output_bias_sections(rep))
         if args.json:
-            print(json.dumps(rep, indent=2))
+            print(json.dumps(rep | {"report": str(j)}, indent=2))
         else:
             print(f"output {args.label} by identity in the prompt, model {args.model}, scorer {scorer_name}")
-            print(f"{'identity':<16}{'n':>4}{'mean':>8}  95% CI           flag rate")
-            for g in rep["groups"]:
-                print(f"{g['identity']:<16}{g['n']:>4}{g['mean']:>8.4f}  [{g['ci95'][0]:.4f}, {g['ci95'][1]:.4f}]  {g['flag_rate']:.2f}")
-            print(f"max gap {rep['max_gap']:.4f}, paired gap {rep['paired_gap']:.4f}, Kruskal–Wallis p = {rep['kruskal_p']}")
+            print(f"{'identity':<16}{'sent':>5}{'blocked':>8}{'failed':>7}  {'block rate':<10}{'n':>4}{'mean':>8}  95% CI           flag rate")
+            for g in sorted(rep["groups"], key=lambda g: (-g["block_rate"], -(g["mean"] or 0))):
+                mean = f"{g['mean']:>8.4f}  [{g['ci95'][0]:.4f}, {g['ci95'][1]:.4f}]  {g['flag_rate']:.2f}" if g["mean"] is not None else f"{'–':>8}  (every prompt blocked or failed)"
+                print(f"{g['identity']:<16}{g['prompts']:>5}{g['blocked']:>8}{g['failed']:>7}  {g['block_rate']:<10.2f}{g['n']:>4}{mean}")
+            print(f"blocked {rep['blocked']} of {rep['prompts']} prompts ({100 * rep['overall_block_rate']:.1f}%), failed {rep['failed']}; "
+                  f"block-rate gap between groups {rep['block_rate_gap']:.2f}, chi-square p = {rep['block_rate_chi2_p']}")
+            if rep["blocked"]:
+                print("  (a policy that blocks neutral prompts about some groups more than others is biased: the block rate is a bias signal)")
+            print(f"score gap {rep['max_gap']:.4f}, paired gap {rep['paired_gap']:.4f}, Kruskal–Wallis p = {rep['kruskal_p']} "
+                  f"(over the {len(done)} answered prompts)")
             print(f"report: {h}")
         return 0
 
+    if args.held_out and args.templates == str(DEFAULT_TEMPLATES):
+        raise CliError("--held-out needs --templates (the full identity templates CSV): the bundled 320-row sample has "
+                       "no held-out rows, which would give no number")
     ex = load_identity_templates(args.templates)
     hex_ = load_hatecheck(args.hatecheck) if args.hatecheck else []
     if args.held_out:
@@ -403,8 +528,18 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return 2
     if args.limit:
         ex = ex[: args.limit]
+    if not ex:
+        raise CliError(f"{args.templates}: no template rows to score")
+    if len({e.label for e in ex}) < 2:
+        raise CliError(f"{args.templates}: the rows need both toxic and non-toxic examples for an AUC")
     rep = bias_report(ex, list(scorer([e.text for e in ex])), threshold=args.threshold, n_boot=args.n_boot, seed=args.seed)
     rep["scorer"] = scorer_name
+    import math
+
+    if not all(isinstance(v, float) and math.isfinite(v) for v in (rep["final_bias_score"], rep["overall_auc"])):
+        thin = [g["identity"] for g in rep["groups"] if not (isinstance(g["subgroup_auc"], float) and math.isfinite(g["subgroup_auc"]))]
+        raise CliError(f"no bias score: {len(thin)} identity group(s) lack toxic or non-toxic rows for an AUC ({', '.join(thin[:6])}…); "
+                       "use a larger --templates file or drop --limit")
     hc = None
     if hex_:
         hc = hatecheck_report(hex_, list(hc_scorer([e.text for e in hex_])), threshold=args.threshold)
@@ -415,7 +550,8 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     data_hash = "sha256:" + hashlib.sha256(canonical_json([[e.text, e.label, list(e.identities)] for e in ex]).encode()).hexdigest()
     prov = Provenance("bias", data_hash, [], [], None, _command(_redact(argv)), extra={"scorer": scorer_name, "templates": args.templates, "held_out": args.held_out})
-    _j, h = write_report(args.report_dir, "bias-scorer", prov, {"identity": rep, "hatecheck": hc}, bias_sections(rep, hc), title=f"Bias: {scorer_name}")
+    name = args.name or unique_name(args.report_dir, report_name("bias-scorer", "held-out" if args.held_out else None))
+    _j, h = write_report(args.report_dir, name, prov, {"identity": rep, "hatecheck": hc}, bias_sections(rep, hc), title=f"Bias: {scorer_name}")
     if args.json:
         print(json.dumps({"identity": rep, "hatecheck": hc}, indent=2, default=str))
         return 0
@@ -495,24 +631,36 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     from evaluators.datasets import DatasetError
+    from evaluators.report import ReportExists
+    from evaluators.runner import ResultsFileError
+    from evaluators.scoring import ScoringError
 
+    commands: dict[str, Callable[[], int]] = {
+        "run": lambda: cmd_run(args, argv),
+        "metrics": lambda: cmd_metrics(args, argv),
+        "sxs": lambda: asyncio.run(_sxs(args, argv)),
+        "bias": lambda: cmd_bias(args, argv),
+        "export": lambda: cmd_export(args, argv),
+        "monitor": lambda: asyncio.run(_monitor(args)),
+    }
     try:
-        if args.cmd == "run":
-            return cmd_run(args, argv)
-        if args.cmd == "metrics":
-            return cmd_metrics(args, argv)
-        if args.cmd == "sxs":
-            return asyncio.run(_sxs(args, argv))
-        if args.cmd == "bias":
-            return cmd_bias(args, argv)
-        if args.cmd == "export":
-            return cmd_export(args, argv)
-        if args.cmd == "monitor":
-            return asyncio.run(_monitor(args))
-    except DatasetError as e:
-        print(f"gatehouse eval: {e}", file=sys.stderr)
+        return commands[args.cmd]()
+    except (CliError, DatasetError, ReportExists, ResultsFileError, ScoringError) as e:
+        print(f"gatehouse eval {args.cmd}: {e}", file=sys.stderr)
         return 2
-    return 2
+    except OSError as e:  # unreadable / missing files, unreachable gateway sockets
+        print(f"gatehouse eval {args.cmd}: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except Exception as e:  # openai connection/auth errors and the like: one line, never a traceback
+        import openai
+
+        if isinstance(e, openai.APIError):
+            print(f"gatehouse eval {args.cmd}: gateway error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 3
+        if os.environ.get("GATEHOUSE_DEBUG"):
+            raise
+        print(f"gatehouse eval {args.cmd}: unexpected {type(e).__name__}: {e} (set GATEHOUSE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
