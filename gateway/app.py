@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
-from gateway import api
+from gateway import api, limits
 from gateway.auth import bearer
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import ErrorKind, GatewayError
@@ -62,6 +62,7 @@ HOT_PATHS: dict[str, api.Endpoint] = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
 }
+LARGE_BODY = 256 * 1024  # bytes: bodies this large are parsed and serialised in a worker thread
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 STAGE_MODULES = ("gateway.prompts", "gateway.grounding", "gateway.cache", "gateway.guardrails")
 
@@ -334,6 +335,7 @@ class RequestIdAndErrors:
         if record is not None:
             rt.metrics.inflight.inc()
         try:
+            receive = self._bounded(scope, receive, endpoint is not None)
             await self.app(scope, receive, send_with_id)
         except GatewayError as err:
             self._note_error(record, err.status, err.kind.value, err.message)
@@ -353,6 +355,16 @@ class RequestIdAndErrors:
             if record is not None:
                 rt.metrics.inflight.dec()
                 self._finish(record, state.get("ctx"), t0)
+
+    def _bounded(self, scope: Scope, receive: Receive, hot: bool) -> Receive:
+        """Header and body limits for every endpoint (413/431 in the error shape)."""
+        s = self.rt.settings
+        limits.check_headers(scope["headers"], s.limits.max_header_bytes)
+        limit = s.server.max_body_bytes if hot else s.limits.max_control_body_bytes
+        declared = limits.declared_length(scope["headers"])
+        if declared is not None and declared > limit:
+            raise limits.too_large(limit)
+        return limits.bounded_receive(receive, limit)
 
     @staticmethod
     def _note_error(record: TrafficRecord | None, status: int, kind: str, message: str) -> None:
@@ -455,9 +467,11 @@ class Dispatch:
             body = state.pop(PARSED_BODY)
         else:
             try:
-                body = orjson.loads(raw)
+                # a large body is parsed off the event loop
+                body = orjson.loads(raw) if len(raw) < LARGE_BODY else await asyncio.to_thread(orjson.loads, raw)
             except orjson.JSONDecodeError as exc:
                 raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
+        limits.check_request(endpoint, body, rt.settings.limits)  # before anything recursive touches it
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         ctx = RequestContext(
             request_id=state["request_id"], endpoint=endpoint, caller=state["caller"], body=body if isinstance(body, dict) else {},

@@ -53,6 +53,18 @@ class ServerSettings(Strict):
     shutdown_timeout: float = Field(10.0, ge=0)
 
 
+class LimitSettings(Strict):
+    """Caps on one request (gateway/limits.py); each answers 400/413/431 in the error shape."""
+
+    max_messages: int = Field(1024, ge=1)  # chat messages per request
+    max_inputs: int = Field(2048, ge=1)  # embeddings inputs / completions prompts / content parts
+    max_text_chars: int = Field(200_000, ge=1)  # characters per checked text (message, part, input)
+    max_json_depth: int = Field(64, ge=4, le=200)  # nesting of any JSON field (serialisers stop at 255)
+    max_model_chars: int = Field(256, ge=1)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # all request headers together
+    max_control_body_bytes: int = Field(1024 * 1024, ge=1024)  # admin, feedback, keys: every non-inference endpoint
+
+
 class ApiKey(Strict):
     id: str
     tenant: str
@@ -225,6 +237,7 @@ class RegistrySettings(Strict):
 
 class Settings(Strict):
     server: ServerSettings = ServerSettings()
+    limits: LimitSettings = LimitSettings()
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
     redis: RedisSettings = RedisSettings()

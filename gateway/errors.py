@@ -19,6 +19,8 @@ class ErrorKind(str, Enum):
     PERMISSION = "permission"
     NOT_FOUND = "not_found"
     BODY_TOO_LARGE = "body_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    LIMIT_EXCEEDED = "limit_exceeded"  # too many messages/inputs, a text too long, JSON too deep
     RATE_LIMITED = "rate_limited"
     CONTENT_POLICY = "content_policy"
     UPSTREAM_CLIENT = "upstream_client"  # upstream said 4xx: its message is passed on
@@ -27,6 +29,7 @@ class ErrorKind(str, Enum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     CIRCUIT_OPEN = "circuit_open"
     UNAVAILABLE = "unavailable"  # a dependency (Redis, a model) is down
+    OVERLOADED = "overloaded"  # guardrail capacity exhausted: shed with Retry-After, never pass unchecked
     INTERNAL = "internal"
 
 
@@ -37,6 +40,8 @@ STATUS: dict[ErrorKind, tuple[int, str, str | None]] = {
     ErrorKind.PERMISSION: (403, "permission_error", "model_not_allowed"),
     ErrorKind.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
     ErrorKind.BODY_TOO_LARGE: (413, "invalid_request_error", "request_too_large"),
+    ErrorKind.HEADERS_TOO_LARGE: (431, "invalid_request_error", "request_headers_too_large"),
+    ErrorKind.LIMIT_EXCEEDED: (400, "invalid_request_error", "limit_exceeded"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error", "rate_limit_exceeded"),
     ErrorKind.CONTENT_POLICY: (400, "invalid_request_error", "content_policy_violation"),
     ErrorKind.UPSTREAM_CLIENT: (400, "invalid_request_error", None),
@@ -45,6 +50,7 @@ STATUS: dict[ErrorKind, tuple[int, str, str | None]] = {
     ErrorKind.UPSTREAM_TIMEOUT: (504, "api_error", "upstream_timeout"),
     ErrorKind.CIRCUIT_OPEN: (503, "api_error", "circuit_open"),
     ErrorKind.UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    ErrorKind.OVERLOADED: (503, "api_error", "overloaded"),
     ErrorKind.INTERNAL: (500, "api_error", "internal_error"),
 }
 assert set(STATUS) == set(ErrorKind), "every ErrorKind needs a status"

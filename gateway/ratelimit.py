@@ -635,7 +635,7 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
         if isinstance(c, str):
             chars += len(c)
         elif isinstance(c, list):
-            chars += sum(len(p.get("text", "")) for p in c if isinstance(p, Mapping))
+            chars += sum(len(t) for p in c if isinstance(p, Mapping) and isinstance(t := p.get("text"), str))
     p = body.get("prompt")
     if isinstance(p, str):
         chars += len(p)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -42,7 +44,13 @@ def test_validation_names_the_field(body, param):
 @pytest.fixture()
 def client(tmp_path):
     store = FeedbackStore(tmp_path / "fb")
-    app = Starlette(routes=feedback_routes(store, lookup))
+    inner = Starlette(routes=feedback_routes(store, lookup))
+
+    async def app(scope, receive, send):  # the gateway's auth puts the caller in the scope
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["caller"] = SimpleNamespace(tenant="t1")
+        await inner(scope, receive, send)
+
     with TestClient(app) as c:
         yield c, store
     store.close()

@@ -12,8 +12,9 @@ Request body (JSON)::
     {"request_id": "req-1", "rating": "up", "score": 0.9, "comment": "...",
      "correction": "better answer", "preferred_over": "req-0", "user": "alice"}
 
-Errors use the OpenAI body; an unknown request id (or one of another tenant)
-is a 404.
+Errors use the OpenAI body; an unknown request id, one of another tenant, and one
+without a tenant (the request failed auth) are all a 404: only the tenant that made a
+request may give feedback on it.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway import sqlitedb
 
 MAX_TEXT = 32_000
+MAX_METADATA_DEPTH = 8
 RATINGS = ("up", "down")
 _FIELDS = {"request_id", "rating", "score", "comment", "correction", "preferred_over", "user", "metadata"}
 
@@ -66,6 +70,17 @@ class Feedback:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, walked with an explicit stack (deep JSON must not exhaust ours)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _text(body: dict[str, Any], key: str) -> str | None:
@@ -109,6 +124,10 @@ def validate(body: Any) -> Feedback:
     meta = body.get("metadata")
     if meta is not None and not isinstance(meta, dict):
         raise FeedbackError("`metadata` must be an object", "metadata")
+    if meta is not None and _depth(meta) > MAX_METADATA_DEPTH:
+        raise FeedbackError(f"`metadata` is nested more than {MAX_METADATA_DEPTH} levels deep", "metadata")
+    if meta is not None and len(json.dumps(meta)) > MAX_TEXT:
+        raise FeedbackError(f"`metadata` is larger than {MAX_TEXT} characters as JSON", "metadata")
     if rating is None and score is None and comment is None and correction is None and other is None:
         raise FeedbackError("give at least one of `rating`, `score`, `comment`, `correction`, `preferred_over`")
     return Feedback(rid, rating, score, comment, correction, other, user, None, meta)
@@ -186,14 +205,15 @@ async def submit(store: FeedbackStore, lookup_record: LookupRecord, body: Any, t
 
     async def find(rid: str, param: str) -> dict[str, Any]:
         rec = await lookup_record(rid)
-        # another tenant's request is reported exactly like a missing one
-        if rec is None or (tenant is not None and rec.get("tenant") not in (None, tenant)):
+        # only the tenant that made a request may rate it; another tenant's request, and one
+        # that has no tenant (it failed auth), are reported exactly like a missing one
+        if rec is None or tenant is None or rec.get("tenant") != tenant:
             raise FeedbackError(f"no request with id {rid!r} (is it older than the traffic log?)", param, 404, "request_not_found")
         return rec
 
     record = await find(fb.request_id, "request_id")
     other = await find(fb.preferred_over, "preferred_over") if fb.preferred_over else None
-    fb = Feedback(**{**asdict(fb), "tenant": tenant or record.get("tenant")})
+    fb = Feedback(**{**asdict(fb), "tenant": tenant})
     return await asyncio.to_thread(store.add, fb, record, other)
 
 
@@ -205,8 +225,9 @@ def feedback_routes(store: FeedbackStore, lookup_record: LookupRecord) -> list[A
 
     async def post_feedback(request: Request) -> JSONResponse:
         try:
-            body = await request.json()
-        except ValueError:
+            # orjson refuses JSON nested over 1,024 levels with an error instead of a RecursionError
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
             e = FeedbackError("the body is not valid JSON")
             return JSONResponse(e.body(), status_code=e.status)
         try:

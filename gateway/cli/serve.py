@@ -9,8 +9,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.config import DEMO_CONFIG, ConfigError, Settings, load_settings
+from gateway.errors import ErrorKind, GatewayError
 
 
 def demo_env() -> None:
@@ -36,6 +40,43 @@ def resolve_config(path: str | None, demo: bool) -> tuple[Settings, Path | None]
         return s.model_copy(update={"base_dir": os.getcwd()}), None
     p = Path(path or os.environ["GATEHOUSE_CONFIG"])
     return load_settings(p), p
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a cap on request header bytes.
+
+    uvicorn bounds headers only under h11 (``h11_max_incomplete_event_size``); httptools
+    buffers a header of any size. This counts the bytes that arrive while a request's
+    headers are incomplete and answers 431 in the error shape once they pass the cap
+    (``limits.max_header_bytes``, handed to workers in ``GATEHOUSE_MAX_HEADER_BYTES``).
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        self._max_head = int(os.environ.get("GATEHOUSE_MAX_HEADER_BYTES", "16384"))
+        self._head_bytes = 0
+        self._in_head = True
+        super().connection_made(transport)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self._max_head and not self.transport.is_closing():
+            err = GatewayError(ErrorKind.HEADERS_TOO_LARGE, f"Request headers are larger than {self._max_head} bytes (limits.max_header_bytes).")
+            body = err.json_bytes()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+            )
+            self.transport.close()
 
 
 def app_factory():
@@ -79,6 +120,8 @@ def main(argv: list[str]) -> int:
         d.mkdir(parents=True)
     import uvicorn
 
+    os.environ["GATEHOUSE_MAX_HEADER_BYTES"] = str(settings.limits.max_header_bytes)  # read by workers too
+
     uvicorn.run(
         "gateway.cli.serve:app_factory",
         factory=True,
@@ -86,7 +129,8 @@ def main(argv: list[str]) -> int:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
+        h11_max_incomplete_event_size=settings.limits.max_header_bytes,
         access_log=False,
         log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.server.shutdown_timeout) or None,

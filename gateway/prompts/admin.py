@@ -11,13 +11,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.config import LimitSettings
+from gateway.limits import check_depth
 from gateway.prompts.model import PromptFormatError, PromptRef, parse_spec
 from gateway.prompts.registry import PromptNotFound, PromptRegistry
 from gateway.prompts.store import PromptStoreError
@@ -30,9 +33,12 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 
 async def _json(request: Request) -> Any:
     try:
-        return json.loads(await request.body())
-    except ValueError:
+        # orjson answers JSON nested past its limit with an error, not a RecursionError
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
         raise PromptFormatError("the body must be JSON") from None
+    check_depth(body, LimitSettings().max_json_depth)  # before anything recursive touches it
+    return body
 
 
 def admin_routes(registry: PromptRegistry) -> list[Route]:

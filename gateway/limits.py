@@ -1,0 +1,129 @@
+"""Bounds on what one request may ask of the gateway (``limits:`` in the config).
+
+Every cap answers with the door's error shape through ``gateway.errors``: 413 for a
+body over its limit, 431 for request headers over theirs, 400 ``limit_exceeded`` for
+too many messages or inputs, a text too long to check, a JSON field nested too deep
+or a model name too long. The depth check walks the parsed body with an explicit
+stack, before anything recursive (serialisers, validation, providers) touches it.
+
+Body limits cover every endpoint: the inference doors use ``server.max_body_bytes``,
+everything else (admin, prompts admin, feedback, keys) ``limits.max_control_body_bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.config import LimitSettings
+from gateway.errors import ErrorKind, GatewayError
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(ErrorKind.BODY_TOO_LARGE, f"Request body is larger than the limit of {limit} bytes.")
+
+
+def check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    size = sum(len(k) + len(v) + 4 for k, v in headers)
+    if size > limit:
+        raise GatewayError(
+            ErrorKind.HEADERS_TOO_LARGE,
+            f"Request headers are {size} bytes; the limit is {limit} (limits.max_header_bytes).",
+        )
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for k, v in headers:
+        if k == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
+
+
+def bounded_receive(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises 413 once more than ``limit`` body bytes arrived."""
+    seen = 0
+
+    async def wrapped() -> dict[str, Any]:
+        nonlocal seen
+        msg = await receive()
+        if msg["type"] == "http.request":
+            seen += len(msg.get("body", b""))
+            if seen > limit:
+                raise too_large(limit)
+        return msg
+
+    return wrapped
+
+
+def exceeded(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(ErrorKind.LIMIT_EXCEEDED, message, param=param)
+
+
+def deepest(value: Any, limit: int) -> str | None:
+    """The path of a field nested deeper than ``limit`` levels, or None. Iterative, so a
+    body nested 1,000 levels deep cannot exhaust the stack here."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict):
+            if depth > limit:
+                return path or "<body>"
+            stack.extend((v, depth + 1, f"{path}.{k}" if path else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            if depth > limit:
+                return path or "<body>"
+            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(node))
+    return None
+
+
+def check_depth(value: Any, limit: int, param: str | None = None) -> None:
+    where = deepest(value, limit)
+    if where is not None:
+        name = f"{param}.{where}" if param and where != "<body>" else (param or where)
+        top = name.split(".")[0].split("[")[0]
+        raise exceeded(f"'{name}' is nested more than {limit} levels deep (limits.max_json_depth).", top)
+
+
+def _check_text(text: Any, limit: int, param: str) -> None:
+    if isinstance(text, str) and len(text) > limit:
+        raise exceeded(f"'{param}' is {len(text)} characters; the limit is {limit} per text (limits.max_text_chars).", param)
+
+
+def check_request(endpoint: str, body: Any, limits: LimitSettings) -> None:
+    """The caps on an inference request body; run right after parsing, before validation."""
+    check_depth(body, limits.max_json_depth)
+    if not isinstance(body, dict):
+        return
+    model = body.get("model")
+    if isinstance(model, str) and len(model) > limits.max_model_chars:
+        raise exceeded(f"'model' is {len(model)} characters; the limit is {limits.max_model_chars} (limits.max_model_chars).", "model")
+    if endpoint == "chat":
+        msgs = body.get("messages")
+        if isinstance(msgs, list):
+            if len(msgs) > limits.max_messages:
+                raise exceeded(f"'messages' has {len(msgs)} items; the limit is {limits.max_messages} (limits.max_messages).", "messages")
+            for i, m in enumerate(msgs):
+                content = m.get("content") if isinstance(m, dict) else None
+                if isinstance(content, str):
+                    _check_text(content, limits.max_text_chars, f"messages[{i}].content")
+                elif isinstance(content, list):
+                    if len(content) > limits.max_inputs:
+                        raise exceeded(f"'messages[{i}].content' has {len(content)} parts; the limit is {limits.max_inputs} (limits.max_inputs).", f"messages[{i}].content")
+                    for j, part in enumerate(content):
+                        if isinstance(part, dict):
+                            _check_text(part.get("text"), limits.max_text_chars, f"messages[{i}].content[{j}].text")
+        return
+    key = "prompt" if endpoint == "completions" else "input"
+    value = body.get(key)
+    if isinstance(value, str):
+        _check_text(value, limits.max_text_chars, key)
+    elif isinstance(value, list):
+        if len(value) > limits.max_inputs:
+            raise exceeded(f"'{key}' has {len(value)} items; the limit is {limits.max_inputs} (limits.max_inputs).", key)
+        for i, v in enumerate(value):
+            _check_text(v, limits.max_text_chars, f"{key}[{i}]")
