@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 class SafetyScorer(Protocol):
     name: str  # backend@artifact-sha12, recorded in traffic records and reports
     labels: tuple[str, ...]
+    # the taxonomy categories it produces and the ISO 639-1 languages it covers
+    # (evaluators.safety.taxonomy / evaluators.safety.language)
+    languages: frozenset[str]
+
+    @property
+    def categories(self) -> frozenset[str]: ...
 
     def score_batch(self, texts: list[str]) -> list[dict[str, float]]: ...
 

@@ -59,6 +59,14 @@ class WindowedScorer:
     window: int
     overlap: int
     tokenizer: Any
+    # ISO 639-1 codes of the languages the model was trained and measured on; text in
+    # any other language is reported as unscored_language, never as safe
+    languages: frozenset[str] = frozenset({"en"})
+
+    @property
+    def categories(self) -> frozenset[str]:
+        """The categories this scorer produces (taxonomy names)."""
+        return frozenset(self.labels)
 
     def _init_batcher(
         self, max_batch: int, max_wait: float, on_batch: Callable[[int], None] | None
