@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.cost import COST_HEADER, STREAM_TEXT, format_cost
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.providers import StreamReply, UpstreamFailure
 from gateway.routing import Attempt, sticky_key
@@ -135,6 +136,9 @@ def take_usage(ctx: RequestContext, usage: Any) -> None:
         rec.prompt_tokens = usage.get("prompt_tokens")
         rec.completion_tokens = usage.get("completion_tokens")
         rec.total_tokens = usage.get("total_tokens")
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            rec.cached_tokens = details["cached_tokens"]
 
 
 def _finish_reason(reply: dict[str, Any]) -> str | None:
@@ -209,6 +213,11 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
     if not ctx.record.cache_hit:  # a cached answer used no upstream tokens
         take_usage(ctx, reply.get("usage"))
     ctx.record.finish_reason = _finish_reason(reply)
+    if isinstance(reply.get("model"), str):
+        ctx.record.response_model = reply["model"]
+    cost = rt.meter.settle(ctx.record, ctx, reply)
+    if cost is not None and rt.meter.header:
+        ctx.response_headers[COST_HEADER] = format_cost(cost)
     if rt.log_bodies:
         ctx.record.response_body = reply
     body = orjson.dumps(reply)
@@ -252,6 +261,7 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
     finally:
         _record_attempt(ctx, att)
     filters: list[StreamFilter] = [f for s in reversed(rt.stages) if (f := s.stream_filter(ctx)) is not None]
+    rt.meter.track_stream(ctx)
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers_list(ctx)]})
     pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send))
@@ -293,6 +303,7 @@ async def _pump(
     batch: list[bytes] | None = first
     clock = time.perf_counter
     out: list[bytes] = []
+    texts: list[str] | None = ctx.state.get(STREAM_TEXT)  # kept to estimate cost if no usage comes
 
     async def flush() -> None:
         if out:
@@ -321,6 +332,10 @@ async def _pump(
                 except orjson.JSONDecodeError:
                     chunk = None
                 if isinstance(chunk, dict):
+                    if rec.response_model is None and isinstance(chunk.get("model"), str):
+                        rec.response_model = chunk["model"]
+                    if texts is not None:
+                        texts.append(chunk_text(chunk))
                     if chunk.get("usage"):
                         take_usage(ctx, chunk["usage"])
                         if not chunk.get("choices") and not client_wants_usage:

@@ -40,6 +40,7 @@ from starlette.routing import Route as HttpRoute
 from gateway import api, limits
 from gateway.auth import bearer
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.cost import Meter
 from gateway.errors import ErrorKind, GatewayError
 from gateway.keys import ConfigKeyStore, KeyStore
 from gateway.metrics import Metrics
@@ -51,6 +52,11 @@ from gateway.trafficlog import TrafficLog, build_sink
 from gateway.types import PARSED_BODY, Caller, RequestContext, Stage, TrafficRecord
 
 log = logging.getLogger("gatehouse")
+OVERHEAD_HEADER = b"x-gatehouse-overhead-ms"
+
+
+async def loop_run(fn: Callable[[], Any]) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -78,6 +84,7 @@ class Runtime:
         self._transport = transport
         self.client: httpx.AsyncClient | None = None
         self.router = Router({}, self.metrics)
+        self.meter = Meter(settings, self.metrics)
         self.stages: list[Stage] = []
         self.keys: KeyStore = ConfigKeyStore.from_settings(settings.auth)  # replaced at startup
         self.limiter: Any = None
@@ -107,6 +114,7 @@ class Runtime:
         embedding.configure(s.embedding.runtime, s.server.model_threads,
                             s.resolve_path(s.embedding.cache_dir) if s.embedding.cache_dir else None)
         await self.build_router(s)
+        await loop_run(self.meter.load)  # the estimating tokenizer, when any target has a price
         self.traffic = TrafficLog(build_sink(s.traffic_log, s, self.services.redis), self.metrics,
                                   s.traffic_log.queue_size, s.traffic_log.batch_size, s.traffic_log.log_bodies)
         self.traffic.start()
@@ -196,6 +204,7 @@ class Runtime:
         self._retired += [p for fp, p in self._providers.items() if fp not in providers]
         self._providers = providers
         self.router = Router(routes, self.metrics)
+        self.meter.reload(settings)
 
     def _arm(self, target: Any, providers: dict[str, Any]) -> Arm:
         key = target.key
@@ -302,6 +311,11 @@ def error_response(err: GatewayError, request_id: str) -> tuple[dict[str, Any], 
     )
 
 
+def _upstream(state: dict[str, Any]) -> float:
+    ctx = state.get("ctx")
+    return ctx.upstream_seconds if ctx is not None else 0.0
+
+
 class RequestIdAndErrors:
     def __init__(self, app: ASGIApp, rt: Runtime) -> None:
         self.app = app
@@ -326,7 +340,10 @@ class RequestIdAndErrors:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                # time in the gateway so far, upstream wait excluded (a stream's: until its headers)
+                overhead = time.perf_counter() - t0 - _upstream(state)
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid),
+                                      (OVERHEAD_HEADER, b"%.2f" % (max(overhead, 0.0) * 1000))]
                 if record is not None and not record.status:
                     record.status = message["status"]
             await send(message)
@@ -341,6 +358,7 @@ class RequestIdAndErrors:
             self._note_error(record, err.status, err.kind.value, err.message)
             if not started:
                 start, body = error_response(err, request_id)
+                start["headers"].append((OVERHEAD_HEADER, b"%.2f" % ((time.perf_counter() - t0 - _upstream(state)) * 1000)))
                 await send(start)
                 await send(body)
         except Exception as exc:  # our bug: a 500, never disguised as a client error
@@ -378,6 +396,7 @@ class RequestIdAndErrors:
         elapsed = time.perf_counter() - t0
         record.ts_end = time.time()
         record.latency_ms = elapsed * 1000
+        rt.meter.settle(record, ctx)
         model = record.model if record.model in rt.router.routes else ""
         overhead = None
         if ctx is not None:

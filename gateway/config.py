@@ -115,6 +115,15 @@ class RetrySettings(Strict):
 Capability = Literal["chat", "completions", "embeddings", "streaming"]
 
 
+class PriceSettings(Strict):
+    """What a target charges, per million tokens (``gateway.cost``)."""
+
+    input: float = Field(ge=0)  # per 1M prompt tokens
+    output: float = Field(0.0, ge=0)  # per 1M completion tokens
+    cached_input: float | None = Field(None, ge=0)  # per 1M cached prompt tokens (default: input price)
+    currency: str = Field("USD", min_length=1)
+
+
 class TargetSettings(Strict):
     """A concrete model behind a route: a provider plus how to reach it."""
 
@@ -132,6 +141,7 @@ class TargetSettings(Strict):
     circuit: CircuitSettings = CircuitSettings()
     capabilities: tuple[Capability, ...] | None = None
     owned_by: str | None = None
+    price: PriceSettings | None = None  # cost per request (gateway.cost); none: cost not computed
 
     @model_validator(mode="after")
     def _check_provider_fields(self) -> TargetSettings:
@@ -227,6 +237,55 @@ class RateLimitSettings(Strict):
     on_redis_error: Literal["closed", "open"] = "closed"
 
 
+class CostSettings(Strict):
+    header: bool = False  # send `x-gatehouse-cost` on whole (non-streamed) replies
+    # tokenizer.json used to estimate tokens when an upstream reports no usage (default: bundled MiniLM's)
+    tokenizer: str | None = None
+
+
+class BudgetLimit(Strict):
+    """A spend limit set in the config; managed ones live in Redis (`gatehouse keys budget`)."""
+
+    scope: Literal["key", "tenant"]
+    id: str = Field(min_length=1)  # key id or tenant name
+    period: Literal["day", "month"]
+    amount: float = Field(gt=0)  # in the price tables' currency
+    model: str | None = None  # only requests for this public model count (and are limited)
+
+
+class BudgetSettings(Strict):
+    limits: tuple[BudgetLimit, ...] = ()
+    soft_thresholds: tuple[float, ...] = (0.8,)  # fractions of a limit that emit a metric and a log event
+    on_redis_error: Literal["closed", "open"] = "closed"
+    # a hold on admission: the request's cost estimate (prompt + max_tokens at the route's dearest price)
+    default_max_tokens: int = Field(256, ge=1)  # output tokens assumed when a request sets none
+
+    @field_validator("soft_thresholds")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < t < 1 for t in v):
+            raise ValueError("soft_thresholds are fractions of the limit, each in (0, 1), e.g. [0.8]")
+        return tuple(sorted(v))
+
+
+class TracingSettings(Strict):
+    """OpenTelemetry traces (``gateway.tracing``); off unless ``endpoint`` is set."""
+
+    endpoint: str | None = None  # OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces
+    headers: dict[str, str] = Field(default_factory=dict)  # e.g. an auth header for a hosted backend
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # of new traces; an incoming traceparent's decision is kept
+    service_name: str = "gatehouse"
+    export_timeout: float = Field(10.0, gt=0)
+    max_queue_size: int = Field(2048, ge=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://", v):
+            raise ValueError(f"tracing.endpoint must be an http(s) URL (OTLP/HTTP), got {v!r}")
+        return v
+
+
 class CacheSettings(Strict):
     ttl_seconds: int = Field(3600, ge=1)
 
@@ -252,6 +311,9 @@ class Settings(Strict):
     rate_limits: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()
     registry: RegistrySettings = RegistrySettings()
+    cost: CostSettings = CostSettings()
+    budgets: BudgetSettings = BudgetSettings()
+    tracing: TracingSettings = TracingSettings()
     # where relative paths in this file are resolved from (set by the loader)
     base_dir: str = "."
 
@@ -263,6 +325,9 @@ class Settings(Strict):
             if r.name in seen:
                 raise ValueError(f"route name {r.name!r} is defined twice")
             seen.add(r.name)
+        currencies = {t.price.currency for r in routes for t in (*r.targets, *r.fallbacks) if t.price is not None}
+        if len(currencies) > 1:
+            raise ValueError(f"price tables use one currency (costs and budgets add up across targets); got {sorted(currencies)}")
         return routes
 
     def resolve_path(self, p: str) -> Path:

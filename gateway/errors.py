@@ -22,6 +22,7 @@ class ErrorKind(str, Enum):
     HEADERS_TOO_LARGE = "headers_too_large"
     LIMIT_EXCEEDED = "limit_exceeded"  # too many messages/inputs, a text too long, JSON too deep
     RATE_LIMITED = "rate_limited"
+    BUDGET_EXCEEDED = "budget_exceeded"
     CONTENT_POLICY = "content_policy"
     UPSTREAM_CLIENT = "upstream_client"  # upstream said 4xx: its message is passed on
     UPSTREAM_ERROR = "upstream_error"  # upstream 5xx after retries and fallbacks
@@ -43,6 +44,7 @@ STATUS: dict[ErrorKind, tuple[int, str, str | None]] = {
     ErrorKind.HEADERS_TOO_LARGE: (431, "invalid_request_error", "request_headers_too_large"),
     ErrorKind.LIMIT_EXCEEDED: (400, "invalid_request_error", "limit_exceeded"),
     ErrorKind.RATE_LIMITED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    ErrorKind.BUDGET_EXCEEDED: (429, "insufficient_quota", "budget_exceeded"),
     ErrorKind.CONTENT_POLICY: (400, "invalid_request_error", "content_policy_violation"),
     ErrorKind.UPSTREAM_CLIENT: (400, "invalid_request_error", None),
     ErrorKind.UPSTREAM_ERROR: (502, "api_error", "upstream_error"),

@@ -55,8 +55,15 @@ class TrafficRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens the upstream served from its cache
     finish_reason: str | None = None
+    response_model: str | None = None  # the model the upstream says answered
     user: str | None = None
+    # cost of this request in the price tables' currency (gateway.cost); None: no price configured
+    cost: float | None = None
+    cost_estimated: bool | None = None  # True: upstream reported no usage, tokens were counted by us
+    currency: str | None = None
+    trace_id: str | None = None  # OpenTelemetry trace id (hex) when tracing is on
     # filled by later stages
     prompt_id: str | None = None
     prompt_version: str | None = None

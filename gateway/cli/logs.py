@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from gateway.config import ConfigError
+from gateway.cost import format_cost
 from gateway.trafficlog import follow_jsonl, read_jsonl, stream_key
 
-FIELDS = ("request_id", "model", "target", "variant", "status", "latency_ms", "total_tokens", "error_kind")
+FIELDS = ("request_id", "model", "target", "variant", "status", "latency_ms", "total_tokens", "cost", "error_kind")
 
 
 def fmt(rec: dict[str, Any], as_json: bool) -> str:
@@ -24,7 +25,10 @@ def fmt(rec: dict[str, Any], as_json: bool) -> str:
     parts = []
     for f in FIELDS:
         v = rec.get(f)
-        if isinstance(v, float):
+        if f == "cost":
+            # "~": estimated by our tokenizer (the upstream reported no usage)
+            v = None if v is None else ("~" if rec.get("cost_estimated") else "") + format_cost(v)
+        elif isinstance(v, float):
             v = f"{v:.1f}"
         parts.append(f"{f}={v}")
     return " ".join(parts)
