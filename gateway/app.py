@@ -7,7 +7,9 @@
 2. ``Authenticate`` — API key -> ``Caller``; deny by default (open: /healthz,
    /readyz and, if configured, /metrics); ``/admin`` needs the admin key;
 3. ``RateLimit`` — per key/tenant limits, shared across replicas via Redis;
-4. ``Dispatch`` — the hot OpenAI endpoints as plain ASGI handlers, everything else
+4. ``Budget`` — per key/tenant spend limits (``gateway.budgets``), held on admission and
+   settled with the real cost after the reply;
+5. ``Dispatch`` — the hot OpenAI endpoints as plain ASGI handlers, everything else
    (models, health, metrics, admin, feedback) on a Starlette router.
 
 Heavy objects (the upstream HTTP client, models, indexes, the traffic log) are
@@ -88,6 +90,7 @@ class Runtime:
         self.stages: list[Stage] = []
         self.keys: KeyStore = ConfigKeyStore.from_settings(settings.auth)  # replaced at startup
         self.limiter: Any = None
+        self.budgets: Any = None  # gateway.budgets.Budgets, built at startup
         self.policy_source: Any = None  # the stage that knows the live policy version
         self.traffic: TrafficLog | None = None
         self.log_bodies = settings.traffic_log.log_bodies
@@ -121,6 +124,9 @@ class Runtime:
         self.keys = await self._build_keys()
         self.on_shutdown.append(self.keys.aclose)
         self.limiter = await self._build_limiter()
+        from gateway.budgets import build_budgets
+
+        self.budgets = build_budgets(s, self.services.redis, self.meter, self.metrics)
         self.stages = await self._build_stages()
         if "torch" in sys.modules:  # a stage or provider runs a model in process
             sys.modules["torch"].set_num_threads(s.server.model_threads)
@@ -467,6 +473,22 @@ class RateLimit:
         await limiter.admit(scope, receive, send, caller, self.app)
 
 
+class Budget:
+    """Spend admission per caller on every hot path (each door, streams included)."""
+
+    def __init__(self, app: ASGIApp, rt: Runtime) -> None:
+        self.app = app
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        budgets = self.rt.budgets
+        caller = scope.get("state", {}).get("caller")
+        if budgets is None or caller is None or scope["path"] not in HOT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        await budgets.admit(scope, receive, send, caller, self.app)
+
+
 class Dispatch:
     def __init__(self, rt: Runtime, fallback: ASGIApp) -> None:
         self.rt = rt
@@ -546,6 +568,8 @@ def build_starlette(rt: Runtime) -> Starlette:
                 checks["redis"] = False
         if rt.limiter is not None and hasattr(rt.limiter, "healthy"):
             checks["rate_limiter"] = bool(rt.limiter.healthy)
+        if rt.budgets is not None and not rt.budgets.store.empty:
+            checks["budgets"] = bool(rt.budgets.healthy)
         for stage in rt.stages:
             ready = getattr(stage, "ready", None)
             if ready is not None:
@@ -594,7 +618,7 @@ class Gatehouse:
     def __init__(self, settings: Settings, config_path: Path | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.runtime = rt = Runtime(settings, config_path, transport)
         self.starlette = build_starlette(rt)
-        self.stack: ASGIApp = RequestIdAndErrors(Authenticate(RateLimit(Dispatch(rt, self._fallback), rt), rt), rt)
+        self.stack: ASGIApp = RequestIdAndErrors(Authenticate(RateLimit(Budget(Dispatch(rt, self._fallback), rt), rt), rt), rt)
 
     async def _fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.starlette(scope, receive, send)  # type: ignore[arg-type]  # our Send takes dict, Starlette's MutableMapping

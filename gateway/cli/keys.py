@@ -1,4 +1,5 @@
-"""``gatehouse keys``: create, list and revoke API keys in the configured store.
+"""``gatehouse keys``: create, list and revoke API keys in the configured store;
+``gatehouse keys budget set|clear|show`` manages spend budgets (``gateway.budgets``).
 
 The store is the one ``auth.store`` in ``--config`` (or ``$GATEHOUSE_CONFIG``)
 selects: ``redis`` (``redis.url``) or ``sqlite`` (``auth.sqlite_path``).
@@ -44,7 +45,50 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("revoke", help="revoke a key by id")
     r.add_argument("key_id")
+
+    b = sub.add_parser("budget", help="set, clear and show spend budgets (per key or tenant) and their spend")
+    bsub = b.add_subparsers(dest="budget_cmd", required=True)
+    for name, helptext in (("set", "set a day or month spend limit"), ("clear", "remove a limit"), ("show", "limits and spend")):
+        bp = bsub.add_parser(name, help=helptext)
+        who = bp.add_mutually_exclusive_group(required=name != "show")
+        who.add_argument("--key", dest="budget_key", default=None, help="key id")
+        who.add_argument("--tenant", dest="budget_tenant", default=None, help="tenant name")
+        if name != "show":
+            bp.add_argument("--period", choices=("day", "month"), required=True)
+            bp.add_argument("--model", default=None, help="limit spend on this public model only")
+        if name == "set":
+            bp.add_argument("--amount", type=float, required=True, help="in the price tables' currency")
+        bp.add_argument("--json", action="store_true")
     return p
+
+
+async def _budget(args: argparse.Namespace, settings: Any, redis: Any) -> int:
+    from gateway.budgets import build_budgets
+    from gateway.cost import Meter
+    from gateway.metrics import Metrics
+
+    out = sys.stdout
+    metrics = Metrics()
+    budgets = build_budgets(settings, redis, Meter(settings, metrics), metrics)
+    store = budgets.store
+    scope, owner = ("key", args.budget_key) if args.budget_key else ("tenant", args.budget_tenant)
+    if args.budget_cmd in ("set", "clear"):
+        amount = args.amount if args.budget_cmd == "set" else None
+        await store.set(scope, owner, args.period, amount, args.model)
+    limits = await store.all()
+    if owner is not None:
+        limits = [lim for lim in limits if (lim.scope, lim.owner) == (scope, owner)]
+    spent = await budgets.spend(limits)
+    rows = [{**lim.public(), "spent": s, "currency": budgets.meter.currency} for lim, s in zip(limits, spent, strict=True)]
+    if args.json:
+        out.write(orjson.dumps(rows).decode() + "\n")
+        return 0
+    out.write(f"{'SCOPE':<7} {'ID':<18} {'PERIOD':<6} {'MODEL':<14} {'SPENT':>12} {'LIMIT':>12} {'USED':>6} SOURCE\n")
+    for r in rows:
+        used = r["spent"] / r["amount"] if r["amount"] else 0.0
+        out.write(f"{r['scope']:<7} {r['id']:<18} {r['period']:<6} {r['model'] or '*':<14} {r['spent']:>12.6g} "
+                  f"{r['amount']:>12g} {used:>6.0%} {r['source']}\n")
+    return 0
 
 
 async def _run(args: argparse.Namespace, store: KeyStore) -> int:
@@ -84,6 +128,16 @@ async def _run(args: argparse.Namespace, store: KeyStore) -> int:
 async def _main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     redis: Any = None
+    if args.cmd == "budget":
+        if settings.redis.url:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.from_url(settings.redis.url, socket_timeout=5)
+        try:
+            return await _budget(args, settings, redis)
+        finally:
+            if redis is not None:
+                await redis.aclose()
     if settings.auth.store == "redis":
         if not settings.redis.url:
             raise ConfigError(args.config, ["auth.store is `redis` but redis.url is not set"])
