@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -52,6 +52,9 @@ from gateway.routing import Arm, CircuitBreaker, Route, Router
 from gateway.services import Services
 from gateway.trafficlog import TrafficLog, build_sink
 from gateway.types import PARSED_BODY, Caller, RequestContext, Stage, TrafficRecord
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = logging.getLogger("gatehouse")
 OVERHEAD_HEADER = b"x-gatehouse-overhead-ms"
@@ -78,7 +81,8 @@ STAGE_MODULES = ("gateway.prompts", "gateway.grounding", "gateway.cache", "gatew
 class Runtime:
     """Everything the request path needs, built in the lifespan."""
 
-    def __init__(self, settings: Settings, config_path: Path | None, transport: httpx.AsyncBaseTransport | None) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None, transport: httpx.AsyncBaseTransport | None,
+                 span_exporter: Any = None) -> None:
         self.settings = settings
         self.config_path = config_path
         self.metrics = Metrics()
@@ -87,6 +91,11 @@ class Runtime:
         self.client: httpx.AsyncClient | None = None
         self.router = Router({}, self.metrics)
         self.meter = Meter(settings, self.metrics)
+        self.tracing: Tracing | None = None
+        if settings.tracing.endpoint is not None or span_exporter is not None:
+            from gateway.tracing import build_tracing
+
+            self.tracing = build_tracing(settings, self.metrics, span_exporter)
         self.stages: list[Stage] = []
         self.keys: KeyStore = ConfigKeyStore.from_settings(settings.auth)  # replaced at startup
         self.limiter: Any = None
@@ -128,6 +137,8 @@ class Runtime:
 
         self.budgets = build_budgets(s, self.services.redis, self.meter, self.metrics)
         self.stages = await self._build_stages()
+        if self.tracing is not None:  # a span around each stage hook (only when tracing is on)
+            self.stages = self.tracing.wrap_stages(self.stages)
         if "torch" in sys.modules:  # a stage or provider runs a model in process
             sys.modules["torch"].set_num_threads(s.server.model_threads)
         self.policy_source = next((st for st in self.stages if hasattr(st, "policy_version")), None)
@@ -176,6 +187,9 @@ class Runtime:
                 await p.aclose()
         if self.client is not None:
             await self.client.aclose()
+        if self.tracing is not None:
+            with contextlib.suppress(Exception):
+                await loop_run(self.tracing.shutdown)  # flushes the span queue
         if self.services.redis is not None:
             with contextlib.suppress(Exception):
                 await self.services.redis.aclose()
@@ -209,8 +223,10 @@ class Runtime:
         # (requests still in flight on the old router may be using them)
         self._retired += [p for fp, p in self._providers.items() if fp not in providers]
         self._providers = providers
-        self.router = Router(routes, self.metrics)
+        self.router = Router(routes, self.metrics, self.tracing)
         self.meter.reload(settings)
+        if self.tracing is not None:
+            self.tracing.reload(settings)
 
     def _arm(self, target: Any, providers: dict[str, Any]) -> Arm:
         key = target.key
@@ -357,6 +373,7 @@ class RequestIdAndErrors:
         t0 = time.perf_counter()
         if record is not None:
             rt.metrics.inflight.inc()
+        span = rt.tracing.start_request(scope, record) if rt.tracing is not None and record is not None else None
         try:
             receive = self._bounded(scope, receive, endpoint is not None)
             await self.app(scope, receive, send_with_id)
@@ -379,6 +396,9 @@ class RequestIdAndErrors:
             if record is not None:
                 rt.metrics.inflight.dec()
                 self._finish(record, state.get("ctx"), t0)
+            if span is not None:
+                assert rt.tracing is not None and record is not None
+                rt.tracing.end_request(span, record.status, record, state.get("ctx"))
 
     def _bounded(self, scope: Scope, receive: Receive, hot: bool) -> Receive:
         """Header and body limits for every endpoint (413/431 in the error shape)."""
@@ -445,7 +465,11 @@ class Authenticate:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
                 code="missing_api_key",
             )
-        caller = await self.rt.keys.lookup(key)
+        if self.rt.tracing is None:
+            caller = await self.rt.keys.lookup(key)
+        else:
+            with self.rt.tracing.span("gatehouse.auth"):
+                caller = await self.rt.keys.lookup(key)
         if caller is None:
             shown = key[:6] + "..." if len(key) > 10 else "***"
             raise GatewayError(ErrorKind.AUTHENTICATION, f"Incorrect API key provided: {shown}.")
@@ -470,7 +494,10 @@ class RateLimit:
         if limiter is None or caller is None or scope["path"] not in HOT_PATHS:
             await self.app(scope, receive, send)
             return
-        await limiter.admit(scope, receive, send, caller, self.app)
+        if self.rt.tracing is None:
+            await limiter.admit(scope, receive, send, caller, self.app)
+            return
+        await self.rt.tracing.admission("gatehouse.rate_limit", lambda inner: limiter.admit(scope, receive, send, caller, inner), self.app)
 
 
 class Budget:
@@ -486,7 +513,10 @@ class Budget:
         if budgets is None or caller is None or scope["path"] not in HOT_PATHS:
             await self.app(scope, receive, send)
             return
-        await budgets.admit(scope, receive, send, caller, self.app)
+        if self.rt.tracing is None:
+            await budgets.admit(scope, receive, send, caller, self.app)
+            return
+        await self.rt.tracing.admission("gatehouse.budget", lambda inner: budgets.admit(scope, receive, send, caller, inner), self.app)
 
 
 class Dispatch:
@@ -615,8 +645,9 @@ def build_starlette(rt: Runtime) -> Starlette:
 class Gatehouse:
     """The ASGI callable: lifespan plus the middleware stack."""
 
-    def __init__(self, settings: Settings, config_path: Path | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.runtime = rt = Runtime(settings, config_path, transport)
+    def __init__(self, settings: Settings, config_path: Path | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 span_exporter: Any = None) -> None:
+        self.runtime = rt = Runtime(settings, config_path, transport, span_exporter)
         self.starlette = build_starlette(rt)
         self.stack: ASGIApp = RequestIdAndErrors(Authenticate(RateLimit(Budget(Dispatch(rt, self._fallback), rt), rt), rt), rt)
 
@@ -650,5 +681,7 @@ class Gatehouse:
                 return
 
 
-def create_app(settings: Settings, *, config_path: str | Path | None = None, transport: httpx.AsyncBaseTransport | None = None) -> Gatehouse:
-    return Gatehouse(settings, Path(config_path) if config_path else None, transport)
+def create_app(settings: Settings, *, config_path: str | Path | None = None, transport: httpx.AsyncBaseTransport | None = None,
+               span_exporter: Any = None) -> Gatehouse:
+    """``span_exporter``: an OpenTelemetry ``SpanExporter`` that turns tracing on without an endpoint (tests)."""
+    return Gatehouse(settings, Path(config_path) if config_path else None, transport, span_exporter)

@@ -157,9 +157,10 @@ class Attempt:
 
 
 class Router:
-    def __init__(self, routes: dict[str, Route], metrics: Metrics) -> None:
+    def __init__(self, routes: dict[str, Route], metrics: Metrics, tracing: Any = None) -> None:
         self.routes = routes
         self.metrics = metrics
+        self.tracing = tracing  # gateway.tracing.Tracing: a span per attempt (None: off)
 
     def get(self, model: str) -> Route:
         route = self.routes.get(model)
@@ -213,6 +214,8 @@ class Router:
                     break
                 att.arm = arm
                 att.attempts += 1
+                span = None if self.tracing is None else self.tracing.attempt(
+                    arm, endpoint, attempt, any(a is arm for a in route.fallbacks))
                 t0 = time.perf_counter()
                 try:
                     result = await call(arm)
@@ -220,11 +223,19 @@ class Router:
                     failure = UpstreamFailure("timeout", f"no answer within the timeout of {arm.name}")
                 except UpstreamFailure as f:
                     failure = f
+                except BaseException as exc:  # cancelled (client left) or our bug: still end the span
+                    if span is not None:
+                        self.tracing.end_attempt(span, UpstreamFailure("cancelled", type(exc).__name__))
+                    raise
                 else:
                     att.upstream_seconds += time.perf_counter() - t0
+                    if span is not None:
+                        self.tracing.end_attempt(span, None)
                     arm.breaker.success()
                     return result
                 att.upstream_seconds += time.perf_counter() - t0
+                if span is not None:
+                    self.tracing.end_attempt(span, failure)
                 self.metrics.upstream_errors.labels(arm.name, failure.kind).inc()
                 if not failure.retryable:
                     arm.breaker.success()  # the target answered; the request was wrong

@@ -8,6 +8,7 @@ model name, for demos and tests.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +18,11 @@ from gateway.types import Endpoint
 
 if TYPE_CHECKING:
     import httpx
+
+
+# the current upstream attempt's W3C traceparent (set by gateway.tracing when tracing is on);
+# providers that call an HTTP upstream send it on
+TRACEPARENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("gatehouse_traceparent", default=None)
 
 
 class UpstreamFailure(Exception):

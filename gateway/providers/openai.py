@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from gateway.config import TargetSettings
-from gateway.providers import StreamReply, UpstreamFailure, split_sse
+from gateway.providers import TRACEPARENT, StreamReply, UpstreamFailure, split_sse
 from gateway.types import Endpoint
 
 PATHS: dict[str, str] = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
@@ -73,6 +73,9 @@ class OpenAIProvider:
         # Host and Content-Length given up front: httpx otherwise fills them in through
         # Headers.setdefault misses, a measurable share of the request's CPU
         headers = [*self.header_items, ("host", url.netloc.decode("ascii")), ("content-length", str(len(content)))]
+        traceparent = TRACEPARENT.get()
+        if traceparent is not None:
+            headers.append(("traceparent", traceparent))
         return httpx.Request("POST", url, content=content, headers=headers, extensions={"timeout": self.timeout})
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
