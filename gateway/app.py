@@ -44,6 +44,7 @@ from gateway.auth import bearer
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.cost import Meter
 from gateway.errors import ErrorKind, GatewayError
+from gateway.guard_routes import RouteGuardTransport
 from gateway.keys import ConfigKeyStore, KeyStore
 from gateway.metrics import Metrics
 from gateway.providers import build_provider
@@ -87,6 +88,7 @@ class Runtime:
         self.config_path = config_path
         self.metrics = Metrics()
         self.services = Services(settings=settings, metrics=self.metrics, config_path=config_path)
+        self.services.guard = RouteGuardTransport(lambda: self.router)  # guard tiers ask our own routes
         self._transport = transport
         self.client: httpx.AsyncClient | None = None
         self.router = Router({}, self.metrics)

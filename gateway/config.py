@@ -112,7 +112,7 @@ class RetrySettings(Strict):
     honour_retry_after_max: float = Field(10.0, ge=0)
 
 
-Capability = Literal["chat", "completions", "embeddings", "streaming"]
+Capability = Literal["chat", "completions", "embeddings", "streaming", "moderations"]
 
 
 class PriceSettings(Strict):

@@ -24,6 +24,7 @@ stream with ``finish_reason: content_filter`` and an SSE error naming the rule
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -66,6 +67,8 @@ class GuardrailMetrics:
     batch: Any = field(default_factory=_NoMetric)
     reloads: Any = field(default_factory=_NoMetric)
     holdback: Any = field(default_factory=_NoMetric)
+    unscored: Any = field(default_factory=_NoMetric)
+    tiers: Any = field(default_factory=_NoMetric)
 
     @classmethod
     def register(cls, metrics: Any) -> GuardrailMetrics:
@@ -77,11 +80,28 @@ class GuardrailMetrics:
             batch=metrics.histogram("guardrail_batch_size", "Texts per safety-model batch", (), BATCH_BUCKETS),
             reloads=metrics.counter("policy_reloads_total", "Policy reloads by result (success, unchanged, error)", ("result",)),
             holdback=metrics.histogram("stream_holdback_seconds", "Time streamed text is held back for checking", (), HOLDBACK_BUCKETS),
+            unscored=metrics.counter(
+                "guardrail_unscored_language_total",
+                "Checked texts in a language the safety scorer does not cover, by direction and detected language",
+                ("direction", "language"),
+            ),
+            tiers=metrics.counter(
+                "guardrail_tier_decisions_total",
+                "Which tier decided a safety or guard check (local, guard, none = unscored language without a guard)",
+                ("check", "tier"),
+            ),
         )
 
     def observe(self, v: Verdict) -> None:
         self.checks.labels(v.check, "error" if v.category == "error" else v.action).inc()
         self.latency.labels(v.check).observe(v.latency_ms / 1000.0)
+        d = v.detail
+        if d:
+            if d.get("unscored_language"):
+                self.unscored.labels(v.direction, str(d.get("language", "und"))).inc()
+            tier = d.get("tier")
+            if tier is not None:
+                self.tiers.labels(v.check, str(tier)).inc()
 
 
 @dataclass(slots=True)
@@ -94,12 +114,15 @@ class _RequestState:
 # ---- where the text lives in a request / reply -------------------------------------------
 
 Setter = Callable[[str], None]
+Target = tuple[str, str, Setter]  # role, text, setter
+ROLE_OF = {"function": "tool"}  # legacy function results are tool results
 
 
-def _input_texts(ctx: RequestContext) -> tuple[str, list[tuple[str, Setter]]]:
-    """(param name, [(text, setter)]) for the caller-supplied text of a request."""
+def _input_texts(ctx: RequestContext, roles: set[str]) -> tuple[str, list[Target]]:
+    """(param name, [(role, text, setter)]) for the request's text in the given roles:
+    every turn of those roles and every text part of its content."""
     body = ctx.body
-    out: list[tuple[str, Setter]] = []
+    out: list[Target] = []
 
     def item_setter(container: Any, key: Any) -> Setter:
         def set_(v: str) -> None:
@@ -109,25 +132,60 @@ def _input_texts(ctx: RequestContext) -> tuple[str, list[tuple[str, Setter]]]:
 
     if ctx.endpoint == "chat":
         for msg in body.get("messages") or []:
-            if not isinstance(msg, dict) or msg.get("role") != "user":
-                continue  # system prompts and grounding are the app's; assistant turns were checked as output
+            if not isinstance(msg, dict):
+                continue
+            role = ROLE_OF.get(str(msg.get("role")), str(msg.get("role")))
+            if role not in roles:
+                continue  # by default only user turns: system prompts are the app's, assistant turns were output
             content = msg.get("content")
             if isinstance(content, str):
-                out.append((content, item_setter(msg, "content")))
+                out.append((role, content, item_setter(msg, "content")))
             elif isinstance(content, list):
                 for part in content:
                     if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                        out.append((part["text"], item_setter(part, "text")))
+                        out.append((role, part["text"], item_setter(part, "text")))
         return "messages", out
+    if "user" not in roles:
+        return "prompt", out
     key = "prompt" if ctx.endpoint == "completions" else "input"
     value = body.get(key)
     if isinstance(value, str):
-        out.append((value, item_setter(body, key)))
+        out.append(("user", value, item_setter(body, key)))
     elif isinstance(value, list):
         for i, v in enumerate(value):
             if isinstance(v, str):
-                out.append((v, item_setter(value, i)))
+                out.append(("user", v, item_setter(value, i)))
     return key, out
+
+
+def _tool_calls(choice: dict[str, Any]) -> list[dict[str, Any]]:
+    """The function objects of a whole reply's tool calls (their ``arguments`` are text)."""
+    msg = choice.get("message")
+    calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+    out = []
+    for c in calls if isinstance(calls, list) else ():
+        fn = c.get("function") if isinstance(c, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            out.append(fn)
+    return out
+
+
+def _chunk_tool_args(chunk: dict[str, Any]) -> str:
+    """The tool-call argument text a streamed chunk carries (``delta.tool_calls[].function.arguments``)."""
+    out = []
+    for c in chunk.get("choices") or ():
+        delta = c.get("delta") if isinstance(c, dict) else None
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                out.append(fn["arguments"])
+    return "".join(out)
+
+
+def _note_role(verdicts: list[Verdict], role: str) -> None:
+    for v in verdicts:
+        v.detail = {**(v.detail or {}), "role": role}
 
 
 def _choice_text(choice: dict[str, Any]) -> str | None:
@@ -321,15 +379,23 @@ class GuardrailStage(BaseStage):
 
     # -- Stage hooks ---------------------------------------------------------
 
+    async def _evaluate(self, rules: list[Rule], direction: str, role: str, text: str) -> Outcome:
+        """The rules that look at ``role`` on this side, on one text; verdicts note non-default roles."""
+        scoped = [r for r in rules if r.covers(direction, role)]
+        outcome = await self.engine.evaluate_rules(scoped, direction, text)
+        if role not in ("user", "assistant"):
+            _note_role(outcome.verdicts, role)
+        return outcome
+
     async def on_request(self, ctx: RequestContext) -> None:
         st = self._state(ctx)
         rules = self._rules(ctx, st, "input")
         if not rules:
             return
-        param, targets = _input_texts(ctx)
+        param, targets = _input_texts(ctx, {role for r in rules for role in r.roles_for("input")})
         if not targets:
             return
-        outcomes = await asyncio.gather(*(self.engine.evaluate_rules(rules, "input", t) for t, _ in targets))
+        outcomes = await asyncio.gather(*(self._evaluate(rules, "input", role, t) for role, t, _ in targets))
         self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
         worst = _worst(list(outcomes))
         if worst.blocked and worst.blocked_by is not None:
@@ -341,9 +407,25 @@ class GuardrailStage(BaseStage):
                 headers=dict(ctx.response_headers),
                 extra={"rule": v.rule, "category": v.category, **_public_detail(v)},
             )
-        for (_, set_text), o in zip(targets, outcomes, strict=True):
+        for (_, _, set_text), o in zip(targets, outcomes, strict=True):
             if o.action == "redact":
                 set_text(o.text)
+
+    async def check_passages(self, ctx: RequestContext, passages: list[str]) -> list[str | None]:
+        """Grounding asks before it injects retrieved passages: rules scoped to the
+        `grounding` role run on each; a blocked passage is dropped (None), a redacted
+        one rewritten; the request itself goes on."""
+        st = self._state(ctx)
+        rules = [r for r in self._rules(ctx, st, "input") if r.covers("input", "grounding")]
+        if not rules or not passages:
+            return list(passages)
+        outcomes = await asyncio.gather(*(self._evaluate(rules, "input", "grounding", p) for p in passages))
+        for n, o in enumerate(outcomes, 1):
+            for v in o.verdicts:
+                assert v.detail is not None
+                v.detail["passage"] = n
+        self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
+        return [None if o.blocked else o.text for o in outcomes]
 
     async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
         st = self._state(ctx)
@@ -351,12 +433,31 @@ class GuardrailStage(BaseStage):
         choices = response.get("choices")
         if not rules or not isinstance(choices, list):
             return response
-        targets = [(c, t) for c in choices if isinstance(c, dict) and (t := _choice_text(c))]
+        # per choice: its text (assistant) and each tool call's arguments (tool_call)
+        targets: list[tuple[dict[str, Any], str, str, Setter]] = []
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            if t := _choice_text(c):
+                targets.append((c, "assistant", t, functools.partial(_set_choice_text, c)))
+            for fn in _tool_calls(c):
+                if fn["arguments"]:
+                    targets.append((c, "tool_call", fn["arguments"], functools.partial(fn.__setitem__, "arguments")))
         if not targets:
             return response
-        outcomes = await asyncio.gather(*(self.engine.evaluate_rules(rules, "output", t) for _, t in targets))
+        outcomes = await asyncio.gather(*(self._evaluate(rules, "output", role, t) for _, role, t, _ in targets))
         self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
-        for (choice, _), o in zip(targets, outcomes, strict=True):
+        worst: dict[int, Outcome] = {}
+        for (choice, _, _, set_text), o in zip(targets, outcomes, strict=True):
+            if o.action == "redact" and not o.blocked:
+                set_text(o.text)
+            if o.blocked and id(choice) not in worst:
+                worst[id(choice)] = o
+        for choice in choices:
+            found = worst.get(id(choice)) if isinstance(choice, dict) else None
+            if found is None:
+                continue
+            o = found
             if o.blocked and o.blocked_by is not None:
                 v = o.blocked_by
                 _set_choice_text(choice, "")
@@ -367,8 +468,6 @@ class GuardrailStage(BaseStage):
                 msg = choice.get("message")
                 if isinstance(msg, dict) and msg.get("tool_calls"):
                     msg["tool_calls"] = None
-            elif o.action == "redact":
-                _set_choice_text(choice, o.text)
         return response
 
     def stream_filter(self, ctx: RequestContext) -> HoldbackFilter | None:
@@ -387,6 +486,9 @@ class HoldbackFilter:
     checked and, if it passes, the pending chunks are released in order.
     Chunks without text queue behind pending text so order is kept.
     With several rules the smallest hold-back and the largest context win.
+    Tool-call arguments (``delta.tool_calls[].function.arguments``) are held and
+    checked the same way, in their own window, by the rules scoped to ``tool_call``;
+    a ``redact`` there ends the stream (argument fragments are JSON being built).
     """
 
     def __init__(self, stage: GuardrailStage, ctx: RequestContext, st: _RequestState, rules: list[Rule]) -> None:
@@ -396,15 +498,19 @@ class HoldbackFilter:
         self.rules = rules
         self.holdback = min(r.stream.holdback_chars for r in rules)
         self.context_chars = max(r.stream.context_chars for r in rules)
-        self.pending: list[tuple[dict[str, Any], str, float]] = []
+        self.text_rules = [r for r in rules if r.covers("output", "assistant")]
+        self.call_rules = [r for r in rules if r.covers("output", "tool_call")]
+        self.pending: list[tuple[dict[str, Any], str, str, float]] = []  # chunk, text, tool-call args, t
         self.pending_chars = 0
         self.context = ""
+        self.call_context = ""
         self.offset = 0  # characters of the reply already released
         self._seen: set[tuple[str, str, str, str]] = set()
 
     async def feed(self, chunk: dict[str, Any], text: str) -> list[dict[str, Any]]:
-        self.pending.append((chunk, text, time.perf_counter()))
-        self.pending_chars += len(text)
+        args = _chunk_tool_args(chunk) if self.call_rules else ""
+        self.pending.append((chunk, text, args, time.perf_counter()))
+        self.pending_chars += len(text) + len(args)
         if self.pending_chars == 0 or self.pending_chars >= self.holdback:
             return await self._flush()
         return []
@@ -412,26 +518,41 @@ class HoldbackFilter:
     async def finish(self) -> list[dict[str, Any]]:
         return await self._flush()
 
+    def _blocked(self, outcome: Outcome) -> None:
+        if outcome.blocked and outcome.blocked_by is not None:
+            v = outcome.blocked_by
+            self.pending.clear()
+            self.pending_chars = 0
+            raise StreamBlocked(_block_message(v, "The reply was"), rule=v.rule, category=v.category, detail=_public_detail(v))
+
     async def _flush(self) -> list[dict[str, Any]]:
-        new = "".join(t for _, t, _ in self.pending)
+        new = "".join(t for _, t, _, _ in self.pending)
+        new_args = "".join(a for _, _, a, _ in self.pending)
+        window = self.context + new
+        call_window = self.call_context + new_args
+        text_check = self.stage.engine.evaluate_rules(self.text_rules, "output", window) if new and self.text_rules else None
+        call_check = self.stage.engine.evaluate_rules(self.call_rules, "output", call_window) if new_args else None
+        if text_check is not None or call_check is not None:
+            outcome, call_outcome = await asyncio.gather(_maybe(text_check), _maybe(call_check))
+            if call_outcome is not None:
+                _note_role(call_outcome.verdicts, "tool_call")
+                self._record(call_outcome, len(call_window), len(self.call_context))
+                if call_outcome.action == "redact":
+                    call_outcome.action = "block"
+                    call_outcome.blocked_by = next(v for v in call_outcome.verdicts if v.action == "redact")
+                self._blocked(call_outcome)
+                self.call_context = call_window[-self.context_chars :] if self.context_chars else ""
+            if outcome is not None:
+                self._record(outcome, len(window), len(self.context))
+                self._blocked(outcome)
+                if outcome.action == "redact":
+                    self._redact_pending(outcome, len(self.context))
         if new:
-            window = self.context + new
-            outcome = await self.stage.engine.evaluate_rules(self.rules, "output", window)
-            self._record(outcome, len(window))
-            if outcome.blocked and outcome.blocked_by is not None:
-                v = outcome.blocked_by
-                self.pending.clear()
-                self.pending_chars = 0
-                raise StreamBlocked(
-                    _block_message(v, "The reply was"), rule=v.rule, category=v.category, detail=_public_detail(v)
-                )
-            if outcome.action == "redact":
-                self._redact_pending(outcome, len(self.context))
             self.context = window[-self.context_chars :] if self.context_chars else ""
             self.offset += len(new)
         now = time.perf_counter()
         released = []
-        for chunk, text, t in self.pending:
+        for chunk, text, _, t in self.pending:
             if text:
                 self.stage.metrics.holdback.observe(now - t)
             released.append(chunk)
@@ -439,7 +560,7 @@ class HoldbackFilter:
         self.pending_chars = 0
         return released
 
-    def _record(self, outcome: Outcome, window_len: int) -> None:
+    def _record(self, outcome: Outcome, window_len: int, context_len: int) -> None:
         # windows overlap (the carried context), so a verdict is recorded once per stream
         fresh = []
         for v in outcome.fired():
@@ -447,7 +568,7 @@ class HoldbackFilter:
             if key in self._seen:
                 continue
             self._seen.add(key)
-            start = self.offset - len(self.context)
+            start = self.offset - context_len
             v.detail = {**(v.detail or {}), "window": [start, start + window_len]}
             fresh.append(v)
         if fresh:
@@ -455,7 +576,7 @@ class HoldbackFilter:
 
     def _redact_pending(self, outcome: Outcome, context_len: int) -> None:
         """Rewrite the pending chunks; spans in already released context can't be taken back."""
-        new = "".join(t for _, t, _ in self.pending)
+        new = "".join(t for _, t, _, _ in self.pending)
         spans = [
             (max(a - context_len, 0), b - context_len, repl)
             for a, b, repl in outcome.redactions
@@ -463,11 +584,15 @@ class HoldbackFilter:
         ]
         redacted = redact(new, spans)
         first = True
-        for chunk, text, _ in self.pending:
+        for chunk, text, _, _ in self.pending:
             if not text:
                 continue
             _set_chunk_text(chunk, redacted if first else "")
             first = False
+
+
+async def _maybe(check: Any) -> Outcome | None:
+    return None if check is None else await check
 
 
 # ---- factory -----------------------------------------------------------------------------
@@ -481,10 +606,12 @@ async def build_stage(services: Any) -> GuardrailStage | None:
     paths = [Path(settings.resolve_path(p)) for p in cfg.paths]
     policies = await asyncio.to_thread(PolicySet.load, paths)  # a broken policy stops startup
     metrics = GuardrailMetrics.register(getattr(services, "metrics", None))
-    engine = Engine(PolicySet.empty(), observe=metrics.observe)
+    _check_guard_routes(policies, settings)  # a guard tier naming no route would fail every request
+    engine = Engine(PolicySet.empty(), guard=getattr(services, "guard", None), observe=metrics.observe)
     loader = _ModelLoader(services, engine, metrics)
     stage = GuardrailStage(engine, metrics=metrics, default_policy=cfg.default_policy, model_loader=loader)
     await stage.set_policies(policies)
+    services.passage_check = stage.check_passages  # grounding checks passages before injecting them
     if cfg.default_policy and not policies.has_policy(cfg.default_policy):
         log.warning("policies.default_policy %r is not defined in %s", cfg.default_policy, cfg.paths)
     if cfg.reload:
@@ -502,6 +629,15 @@ async def build_stage(services: Any) -> GuardrailStage | None:
         await stage.watcher.start()
     log.info("guardrails: %d rules, policy version %s", len(policies.rules), policies.version)
     return stage
+
+
+def _check_guard_routes(policies: PolicySet, settings: Any) -> None:
+    missing = sorted(policies.guard_routes() - {r.name for r in settings.routes})
+    if missing:
+        raise ValueError(
+            f"policies ask guard models on route(s) {', '.join(missing)} that the gateway config does not define; "
+            f"add them under routes: (configured: {', '.join(sorted(r.name for r in settings.routes)) or 'none'})"
+        )
 
 
 def _warn_unscored(policies: PolicySet, scorer: Any) -> None:

@@ -18,6 +18,10 @@ class Services:
     redis: Any = None  # redis.asyncio.Redis when redis.url is set
     config_path: Path | None = None
     prompt_registry: Any = None  # set by gateway.prompts.build_stage; used by the admin routes
+    guard: Any = None  # policies.guard.GuardTransport over the live router (set by the Runtime)
+    # set by the guardrail stage: (ctx, passages) -> the passages to inject (None = dropped);
+    # grounding calls it before it injects retrieved text
+    passage_check: Any = None
     _embedder: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

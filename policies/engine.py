@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from evaluators.pii import find_pii, redact
 from gateway.types import Verdict
+from policies.cascade import guard_decision, safety_decision
+from policies.guard import GuardTransport
 from policies.policy_set import BoundCheck, PolicySet, Rule
 
 log = logging.getLogger("gatehouse.policies")
@@ -30,6 +32,8 @@ SEVERITY = {"pass": 0, "flag": 1, "redact": 2, "block": 3}
 
 
 class SafetyScorer(Protocol):
+    # also read: ``name`` and ``languages`` (ISO 639-1 codes it covers; a scorer that
+    # does not say is taken as English-only, see policies.cascade)
     async def ascore(self, texts: list[str]) -> list[dict[str, float]]: ...
 
 
@@ -68,14 +72,17 @@ class _Result:
     score: float
     detail: dict[str, Any] | None = None
     spans: list[Span] = field(default_factory=list)
+    action: str | None = None  # overrides the check's action (e.g. unscored_language: flag)
 
 
 class _Shared:
     """Model calls made at most once per evaluated text, shared by every rule."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, direction: str = "input") -> None:
         self.text = text
+        self.direction = direction
         self.tasks: dict[str, asyncio.Future[Any]] = {}
+        self.memo: dict[str, Any] = {}  # cheap per-text facts (the detected language)
 
     def get(self, name: str, make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
         task = self.tasks.get(name)
@@ -116,11 +123,13 @@ class Engine:
         *,
         safety: SafetyScorer | None = None,
         recitation: RecitationChecker | None = None,
+        guard: GuardTransport | None = None,
         observe: Callable[[Verdict], None] | None = None,
     ) -> None:
         self.policies = policies
         self.safety = safety
         self.recitation = recitation
+        self.guard = guard  # the gateway's routes, for llama_guard / moderation tiers
         self.observe = observe
 
     async def evaluate(
@@ -139,7 +148,7 @@ class Engine:
     async def evaluate_rules(self, rules: Sequence[Rule], direction: str, text: str) -> Outcome:
         if not rules or not text.strip():
             return Outcome(text=text)
-        shared = _Shared(text)
+        shared = _Shared(text, direction)
         try:
             results = await asyncio.gather(
                 *(self._run(rule, check, direction, shared) for rule in rules for check in rule.checks)
@@ -175,9 +184,12 @@ class Engine:
             )
             self._observe(verdict)
             return verdict, []
+        action = "pass"
+        if res.fired:
+            # a shadow check stays shadow whatever its result asks for
+            action = check.action if check.action == "shadow" or res.action is None else res.action
         verdict = Verdict(
-            rule.id, check.type, res.category, round(float(res.score), 4),
-            check.action if res.fired else "pass", direction,
+            rule.id, check.type, res.category, round(float(res.score), 4), action, direction,
             latency_ms=(time.perf_counter() - t0) * 1000, detail=res.detail,
         )
         self._observe(verdict)
@@ -197,13 +209,13 @@ class Engine:
             scorer = self.safety
             if scorer is None:
                 raise CheckUnavailable("no safety scorer is loaded (see `safety.backend` in the gateway config)")
-            scores: dict[str, float] = (await asyncio.shield(shared.get("safety", lambda: scorer.ascore([text]))))[0]
-            ratios = {c: (float(scores.get(c, 0.0)), thr) for c, thr in spec.thresholds.items()}
-            over = {c: s for c, (s, thr) in ratios.items() if s >= thr}
-            pool = over or {c: s for c, (s, _) in ratios.items()}
-            category = max(pool, key=lambda c: pool[c])
-            detail = {"scores": {c: round(s, 4) for c, (s, _) in ratios.items()}, "threshold": spec.thresholds[category]}
-            return _Result(bool(over), category, pool[category], detail)
+            d = await safety_decision(spec, text, shared.direction, scorer, shared.get, shared.memo, self.guard)
+            if d.action == "pass" and d.category == "error":  # the guard failed, escalate.on_error: open
+                return _Result(False, d.category, d.score, d.detail)
+            return _Result(d.fired, d.category, d.score, d.detail, action=d.action)
+        if spec.type in ("llama_guard", "moderation"):
+            d = await guard_decision(spec, text, shared.direction, shared.get, self.guard)
+            return _Result(d.fired, d.category, d.score, d.detail)
         if spec.type == "recitation":
             index = self.recitation
             if index is None:

@@ -22,7 +22,7 @@ is generated from these models (``gatehouse policy schema``) for editors.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -34,22 +34,30 @@ from pydantic import (
     model_validator,
 )
 
+from evaluators.safety.taxonomy import ALL_CATEGORIES
+
 Action = Literal["block", "flag", "redact", "shadow"]
 Direction = Literal["input", "output", "both"]
 OnError = Literal["open", "closed"]
-SafetyCategory = Literal[
-    "toxicity",
-    "severe_toxicity",
-    "obscene",
-    "threat",
-    "insult",
-    "identity_attack",
-    "sexual_explicit",
-]
+# the taxonomy's names (evaluators.safety.taxonomy): harm categories, legacy labels, guard-only `other`
+if TYPE_CHECKING:
+    SafetyCategory = str
+else:
+    SafetyCategory = Literal[tuple(sorted(ALL_CATEGORIES))]
 PiiEntity = Literal["email", "phone", "card"]
+# Where text sits. Input: the conversation's turns by role (`tool` covers `function`
+# results too) and `grounding` (retrieved passages, checked before they are injected).
+# Output: the reply's text (`assistant`) and its tool calls' arguments (`tool_call`).
+Role = Literal["user", "system", "developer", "assistant", "tool", "grounding", "tool_call"]
+INPUT_ROLES: tuple[str, ...] = ("user", "system", "developer", "assistant", "tool", "grounding")
+OUTPUT_ROLES: tuple[str, ...] = ("assistant", "tool_call")
+DEFAULT_ROLES: dict[str, tuple[str, ...]] = {"input": ("user",), "output": ("assistant", "tool_call")}
+# What a safety check does with text in a language its scorer does not cover
+UnscoredLanguage = Literal["escalate", "flag", "block"]
 
-CHECK_TYPES: tuple[str, ...] = ("safety", "recitation", "pii", "regex")
+CHECK_TYPES: tuple[str, ...] = ("safety", "recitation", "pii", "regex", "llama_guard", "moderation")
 DEFAULT_TIMEOUT_MS = 1000.0
+DEFAULT_GUARD_TIMEOUT_MS = 3000.0
 
 
 class Strict(BaseModel):
@@ -77,11 +85,89 @@ class CheckBase(Strict):
     )
 
 
+class LlamaGuardTier(Strict):
+    """A Llama Guard 3/4 model behind one of the gateway's own routes."""
+
+    type: Literal["llama_guard"]
+    route: str = Field(min_length=1, description="Gateway route (public model name) serving the guard model")
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat",
+        description="chat: send the turn as a message (the server's chat template writes the Llama Guard prompt); "
+        "completions: Gatehouse writes the Llama Guard 3 prompt itself",
+    )
+
+
+class ModerationTier(Strict):
+    """An OpenAI-compatible `/v1/moderations` upstream behind one of the gateway's own routes."""
+
+    type: Literal["moderation"]
+    route: str = Field(min_length=1, description="Gateway route whose target serves /v1/moderations")
+    threshold: Threshold | None = Field(
+        None, description="Fire on category_scores >= this; default: the upstream's own `categories` flags"
+    )
+
+
+GuardTier = Annotated[LlamaGuardTier | ModerationTier, Field(discriminator="type")]
+
+
+class Escalation(Strict):
+    """The cascade: the local scorer decides confident cases, the guard tier the rest."""
+
+    guard: GuardTier
+    band: tuple[Threshold, Threshold] = Field(
+        (0.2, 0.9), description="[low, high): a category scored in this band is uncertain and goes to the guard"
+    )
+    timeout_ms: float = Field(DEFAULT_GUARD_TIMEOUT_MS, gt=0, description="Give up on the guard after this long")
+    on_error: Literal["local", "open", "closed"] = Field(
+        "local",
+        description="guard failed or timed out: local = the local scorer's thresholds decide "
+        "(unscored language: flag); open = pass; closed = block",
+    )
+
+    @model_validator(mode="after")
+    def _band_order(self) -> Escalation:
+        if self.band[0] > self.band[1]:
+            raise ValueError(f"band [{self.band[0]}, {self.band[1]}): low must not exceed high")
+        return self
+
+
 class SafetyCheck(CheckBase):
-    """Toxicity classifier; fires when any listed category reaches its threshold."""
+    """The local multi-category scorer, optionally cascading to a guard tier."""
 
     type: Literal["safety"]
     thresholds: dict[SafetyCategory, Threshold] = Field(min_length=1)
+    escalate: Escalation | None = None
+    unscored_language: UnscoredLanguage | None = Field(
+        None,
+        description="Text in a language the scorer does not cover: escalate (to the guard tier), flag or block. "
+        "Default: escalate when `escalate` is set, else flag. Never passed as safe.",
+    )
+
+    @model_validator(mode="after")
+    def _escalate_needs_a_tier(self) -> SafetyCheck:
+        if self.unscored_language == "escalate" and self.escalate is None:
+            raise ValueError("unscored_language: escalate needs an `escalate:` guard tier; or use flag / block")
+        return self
+
+
+class LlamaGuardCheck(CheckBase, LlamaGuardTier):
+    """Ask a Llama Guard model; fires when it answers `unsafe` with a listed category."""
+
+    type: Literal["llama_guard"]
+    timeout_ms: float = Field(DEFAULT_GUARD_TIMEOUT_MS, gt=0, description="Give up on the check after this long")
+    categories: tuple[SafetyCategory, ...] | None = Field(
+        None, description="Taxonomy categories that fire (default: every category the guard reports)"
+    )
+
+
+class ModerationCheck(CheckBase, ModerationTier):
+    """Ask an OpenAI-compatible moderation endpoint; categories are mapped to the taxonomy."""
+
+    type: Literal["moderation"]
+    timeout_ms: float = Field(DEFAULT_GUARD_TIMEOUT_MS, gt=0, description="Give up on the check after this long")
+    categories: tuple[SafetyCategory, ...] | None = Field(
+        None, description="Taxonomy categories that fire (default: every category the upstream flags)"
+    )
 
 
 class RecitationCheck(CheckBase):
@@ -109,7 +195,10 @@ class RegexCheck(CheckBase):
     replacement: str = "[REDACTED]"
 
 
-Check = Annotated[SafetyCheck | RecitationCheck | PiiCheck | RegexCheck, Field(discriminator="type")]
+Check = Annotated[
+    SafetyCheck | RecitationCheck | PiiCheck | RegexCheck | LlamaGuardCheck | ModerationCheck,
+    Field(discriminator="type"),
+]
 REDACTABLE = ("pii", "regex")
 
 
@@ -129,10 +218,28 @@ class RuleSpec(Strict):
     keys: tuple[str, ...] = Field(("*",), description="API key ids or glob patterns")
     models: tuple[str, ...] = Field(("*",), description="Public model (route) names or glob patterns")
     direction: Direction = "both"
+    roles: tuple[Role, ...] | None = Field(
+        None,
+        description="Where the rule looks. Input: user, system, developer, assistant (earlier turns), tool "
+        "(tool/function results), grounding (retrieved passages). Output: assistant (reply text), tool_call "
+        "(tool-call arguments). Default: user on input; assistant and tool_call on output",
+    )
     action: Action = "block"
     checks: tuple[Check, ...] = Field(min_length=1)
     stream: StreamSettings | None = None
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _roles_cover_directions(self) -> RuleSpec:
+        if self.roles is None:
+            return self
+        for d, valid in (("input", INPUT_ROLES), ("output", OUTPUT_ROLES)):
+            if self.direction in (d, "both") and not set(self.roles) & set(valid):
+                raise ValueError(
+                    f"roles {list(self.roles)} name no {d} role, so the rule would never run on {d}; "
+                    f"{d} roles: {', '.join(valid)}" + (" (or set direction to one side)" if self.direction == "both" else "")
+                )
+        return self
 
     @model_validator(mode="after")
     def _redact_needs_spans(self) -> RuleSpec:

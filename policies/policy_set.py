@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from policies.loader import LoadedDocument, PolicyLoadError, PolicyProblem, parse_text, policy_files
-from policies.models import Check, PolicyDocument, StreamSettings
+from policies.models import (
+    DEFAULT_ROLES,
+    INPUT_ROLES,
+    OUTPUT_ROLES,
+    Check,
+    LlamaGuardCheck,
+    ModerationCheck,
+    PolicyDocument,
+    SafetyCheck,
+    StreamSettings,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +42,9 @@ class BoundCheck:
 
     @property
     def timeout_s(self) -> float:
-        return self.spec.timeout_ms / 1000.0
+        # a cascade's guard tier has its own timeout on top of the local check's
+        escalate = getattr(self.spec, "escalate", None)
+        return (self.spec.timeout_ms + (escalate.timeout_ms if escalate is not None else 0.0)) / 1000.0
 
     @property
     def on_error(self) -> str:
@@ -53,6 +65,17 @@ class Rule:
     models: tuple[str, ...] = ("*",)
     description: str | None = None
     source: str = ""  # file:line of the rule's id
+    roles: tuple[str, ...] | None = None  # None: DEFAULT_ROLES per direction
+
+    def roles_for(self, direction: str) -> tuple[str, ...]:
+        """The roles this rule checks on one side (see ``RuleSpec.roles``)."""
+        if self.roles is None:
+            return DEFAULT_ROLES[direction]
+        valid = INPUT_ROLES if direction == "input" else OUTPUT_ROLES
+        return tuple(r for r in self.roles if r in valid)
+
+    def covers(self, direction: str, role: str) -> bool:
+        return role in self.roles_for(direction)
 
     def applies(self, tenant: str | None, key_id: str | None, model: str | None, direction: str) -> bool:
         if self.direction not in ("both", direction):
@@ -71,6 +94,7 @@ class Rule:
             "rule": self.id,
             "policy": f"{self.policy}@{self.policy_version}",
             "direction": self.direction,
+            "roles": {d: list(self.roles_for(d)) for d in ("input", "output") if self.direction in (d, "both")},
             "scope": {"tenants": list(self.tenants), "keys": list(self.keys), "models": list(self.models)},
             "checks": checks,
             "stream": self.stream.model_dump(),
@@ -166,6 +190,18 @@ class PolicySet:
     def needs(self, check_type: str) -> bool:
         return any(c.type == check_type for r in self.rules for c in r.checks)
 
+    def guard_routes(self) -> set[str]:
+        """Gateway routes that guard tiers (checks or cascades) ask."""
+        out: set[str] = set()
+        for r in self.rules:
+            for c in r.checks:
+                spec = c.spec
+                if isinstance(spec, LlamaGuardCheck | ModerationCheck):
+                    out.add(spec.route)
+                elif isinstance(spec, SafetyCheck) and spec.escalate is not None:
+                    out.add(spec.escalate.guard.route)
+        return out
+
 
 def _rules_of(ld: LoadedDocument) -> list[Rule]:
     doc = ld.document
@@ -186,6 +222,7 @@ def _rules_of(ld: LoadedDocument) -> list[Rule]:
                 keys=spec.keys,
                 models=spec.models,
                 description=spec.description,
+                roles=spec.roles,
                 source=f"{ld.source}:{ld.rule_lines.get(spec.id, 1)}",
             )
         )

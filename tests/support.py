@@ -7,6 +7,10 @@
   answers), ``stream-then-drop`` (the TCP connection breaks mid-stream) and
   ``hang-stream`` (one chunk, then nothing until the client leaves; the server
   records that it saw the disconnect).
+  Guard models: ``guard`` answers like Llama Guard 3 (``safe`` / ``unsafe\nS9``)
+  on chat and completions, ``guard-garbage`` answers prose, ``guard-slow:MS``
+  answers after MS ms; ``POST /v1/moderations`` answers in OpenAI's shape. Both
+  decide by the keywords in ``GUARD_KEYWORDS``.
 - ``make_settings(...)``: gateway settings for a test, API key ``sk-test``.
 - ``gateway(settings)``: a real gateway on a free port -> (base_url, app).
 """
@@ -31,6 +35,46 @@ from gateway.providers import UpstreamFailure
 from gateway.providers.mock import MockEngine
 
 API_KEY = "sk-test"
+
+# keyword -> (Llama Guard 3 code, OpenAI moderation category) for the fake guard models
+GUARD_KEYWORDS: dict[str, tuple[str, str]] = {
+    "pipe bomb": ("S9", "violence"),
+    "build a bomb": ("S9", "violence"),
+    "爆弾": ("S9", "violence"),
+    "methamphetamine": ("S2", "illicit"),
+    "hurt you": ("S1", "harassment/threatening"),
+    "sex scene": ("S12", "sexual"),
+    "defame": ("S5", "harassment"),
+}
+OPENAI_MODERATION = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent", "self-harm",
+    "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence", "violence/graphic",
+)
+
+
+def guard_hits(text: str) -> list[tuple[str, str]]:
+    low = text.lower()
+    return [v for k, v in GUARD_KEYWORDS.items() if k in low]
+
+
+def llama_guard_answer(text: str) -> str:
+    hits = guard_hits(text)
+    return "unsafe\n" + ",".join(dict.fromkeys(code for code, _ in hits)) if hits else "safe"
+
+
+def moderation_result(text: str) -> dict[str, Any]:
+    flagged = {cat for _, cat in guard_hits(text)}
+    scores = {c: (0.93 if c in flagged else 0.01) for c in OPENAI_MODERATION}
+    return {"flagged": bool(flagged), "categories": {c: c in flagged for c in OPENAI_MODERATION}, "category_scores": scores}
+
+
+def _guarded_text(endpoint: str, req: dict[str, Any]) -> str:
+    if endpoint == "completions":
+        prompt = str(req.get("prompt", ""))
+        start, end = prompt.find("<BEGIN CONVERSATION>"), prompt.find("<END CONVERSATION>")
+        return prompt[start:end] if start >= 0 < end else prompt
+    msgs = req.get("messages") or [{}]
+    return str(msgs[-1].get("content", ""))
 
 
 def free_port() -> int:
@@ -106,6 +150,14 @@ class FakeUpstream:
             if not msg.get("more_body"):
                 break
         path = scope["path"]
+        if path == "/v1/moderations":
+            req = orjson.loads(body)
+            self.requests.append(req)
+            self.calls["moderations"] += 1
+            inputs = req.get("input")
+            texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+            await self._json(send, 200, {"id": "modr-fake", "model": str(req.get("model")), "results": [moderation_result(t) for t in texts]})
+            return
         endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}.get(path)
         if endpoint is None:
             await self._json(send, 404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
@@ -120,6 +172,16 @@ class FakeUpstream:
                 await self._json(send, int(status), {"error": {"message": "flaky upstream", "type": "server_error"}}, retry_after="0")
                 return
             model = "echo"
+        if model == "guard" or model.startswith(("guard-garbage", "guard-slow:")):
+            if model.startswith("guard-slow:"):
+                await asyncio.sleep(int(model.split(":")[1]) / 1000)
+            answer = "I am not sure what you mean." if model == "guard-garbage" else llama_guard_answer(_guarded_text(endpoint, req))
+            if endpoint == "completions":
+                choice: dict[str, Any] = {"index": 0, "text": answer, "finish_reason": "stop"}
+            else:
+                choice = {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+            await self._json(send, 200, {"id": "guard", "object": "chat.completion", "created": 0, "model": model, "choices": [choice]})
+            return
         if model.startswith("bad-request"):
             await self._json(send, 400, {"error": {"message": "upstream says: temperature too spicy", "type": "invalid_request_error", "param": "temperature", "code": "bad_temp"}})
             return

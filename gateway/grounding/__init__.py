@@ -52,4 +52,4 @@ async def build_stage(services: Any, *, poll_seconds: float = 1.0) -> Stage | No
         if options[route].index not in holders:
             raise ValueError(f"routes[{route}].grounding.index {options[route].index!r} is not in grounding.indexes")
     log.info("grounding: %s", ", ".join(f"{n}={h.current!r}" for n, h in holders.items()))
-    return GroundingStage(holders, embedder, options)
+    return GroundingStage(holders, embedder, options, services)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.errors import invalid
@@ -90,8 +90,17 @@ def passages_message(hits: list[Hit]) -> dict[str, str]:
 class GroundingStage(BaseStage):
     name = "grounding"
 
-    def __init__(self, holders: dict[str, IndexHolder], embedder: Any, route_options: dict[str, GroundingOptions] | None = None) -> None:
+    def __init__(
+        self,
+        holders: dict[str, IndexHolder],
+        embedder: Any,
+        route_options: dict[str, GroundingOptions] | None = None,
+        services: Any = None,
+    ) -> None:
         self.holders = holders
+        # services.passage_check (set by the guardrail stage, built after this one) checks
+        # passages before they are injected: rules scoped to the `grounding` role
+        self.services = services
         self.embedder = embedder
         self.route_options = dict(route_options or {})
         self.default_index = next(iter(holders)) if len(holders) == 1 else None
@@ -122,6 +131,12 @@ class GroundingStage(BaseStage):
                 hits = await asyncio.to_thread(index.search, vec, opts.top_k, opts.min_score)
             else:
                 hits = index.search(vec, opts.top_k, opts.min_score)
+        dropped: list[str] = []
+        check = getattr(self.services, "passage_check", None)
+        if hits and check is not None:
+            checked = await check(ctx, [h.text for h in hits])
+            dropped = [h.chunk_id for h, t in zip(hits, checked, strict=True) if t is None]
+            hits = [replace(h, text=t) for h, t in zip(hits, checked, strict=True) if t is not None]
         if hits:
             msgs = list(ctx.body.get("messages") or [])
             at = 0
@@ -134,6 +149,8 @@ class GroundingStage(BaseStage):
             "version": index.version,
             "chunks": [{"n": n, "id": h.chunk_id, "doc": h.doc_id, "score": h.score, "title": h.title} for n, h in enumerate(hits, 1)],
         }
+        if dropped:
+            info["dropped"] = dropped  # blocked by a policy rule scoped to `grounding`
         ctx.state[self.name] = info
         ctx.response_headers[HEADER] = header_value(info)
         ctx.record.grounding_index = f"{opts.index}@{index.version}"

@@ -13,7 +13,9 @@ from gateway.config import TargetSettings
 from gateway.providers import TRACEPARENT, StreamReply, UpstreamFailure, split_sse
 from gateway.types import Endpoint
 
-PATHS: dict[str, str] = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+PATHS: dict[str, str] = {
+    "chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings", "moderations": "/moderations",
+}
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -49,7 +51,7 @@ class OpenAIProvider:
         self.target = target
         self.client = client
         self.base_url = (target.base_url or "").rstrip("/")
-        caps = target.capabilities or ("chat", "completions", "embeddings", "streaming")
+        caps = target.capabilities or ("chat", "completions", "embeddings", "streaming", "moderations")
         self.capabilities: frozenset[str] = frozenset(caps)
         headers = {"content-type": "application/json", **target.headers}
         if target.api_key is not None and target.api_key.get_secret_value():
