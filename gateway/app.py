@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
-from gateway import api, limits
+from gateway import api, limits, moderations
 from gateway.auth import bearer
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.cost import Meter
@@ -73,6 +73,7 @@ HOT_PATHS: dict[str, api.Endpoint] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/moderations": "moderations",
 }
 LARGE_BODY = 256 * 1024  # bytes: bodies this large are parsed and serialised in a worker thread
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -107,6 +108,7 @@ class Runtime:
         self.log_bodies = settings.traffic_log.log_bodies
         self.started = False
         self.extra_routes: list[Any] = []
+        self.moderator: Any = None  # gateway.moderations.Moderator, built at startup
         self._breakers: dict[str, CircuitBreaker] = {}
         self._providers: dict[str, Any] = {}  # target fingerprint -> provider, for the live routes
         self._retired: list[Any] = []  # providers replaced by a reload
@@ -139,6 +141,7 @@ class Runtime:
 
         self.budgets = build_budgets(s, self.services.redis, self.meter, self.metrics)
         self.stages = await self._build_stages()
+        self.moderator = await moderations.build(self)  # /v1/moderations: the guardrails' scorer when loaded
         if self.tracing is not None:  # a span around each stage hook (only when tracing is on)
             self.stages = self.tracing.wrap_stages(self.stages)
         if "torch" in sys.modules:  # a stage or provider runs a model in process
@@ -550,9 +553,12 @@ class Dispatch:
             request_id=state["request_id"], endpoint=endpoint, caller=state["caller"], body=body if isinstance(body, dict) else {},
             headers=headers, record=state["record"],
         )
+        state["ctx"] = ctx
+        if endpoint == "moderations":
+            await moderations.handle(rt, ctx, send)
+            return
         if not isinstance(body, dict):
             api.validate(endpoint, body)
-        state["ctx"] = ctx
         await api.handle_complete(rt, ctx, endpoint, send, receive)
 
 

@@ -209,6 +209,25 @@ class SafetySettings(Strict):
     max_wait_ms: float = Field(0.0, ge=0)
 
 
+class ModerationSettings(Strict):
+    """``POST /v1/moderations`` (gateway/moderations.py): when a taxonomy category is flagged."""
+
+    threshold: float = Field(0.5, ge=0, le=1)
+    thresholds: dict[str, float] = Field(default_factory=dict)  # category -> threshold, overriding `threshold`
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        from evaluators.safety.taxonomy import ALL_CATEGORIES
+
+        for c, t in v.items():
+            if c not in ALL_CATEGORIES:
+                raise ValueError(f"unknown category {c!r}; categories: {', '.join(sorted(ALL_CATEGORIES))}")
+            if not 0 <= t <= 1:
+                raise ValueError(f"threshold for {c!r} must be within [0, 1]")
+        return v
+
+
 class RecitationSettings(Strict):
     index: str | None = None  # directory written by `gatehouse recitation build`
 
@@ -304,6 +323,7 @@ class Settings(Strict):
     traffic_log: TrafficLogSettings = TrafficLogSettings()
     policies: PolicySettings = PolicySettings()
     safety: SafetySettings = SafetySettings()
+    moderations: ModerationSettings = ModerationSettings()
     recitation: RecitationSettings = RecitationSettings()
     prompts: PromptSettings = PromptSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
