@@ -32,9 +32,9 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
 from evaluators.safety.language import covers, detect
 from evaluators.safety.taxonomy import TO_OPENAI, UNSCORED_LANGUAGE, to_openai
-
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.types import RequestContext, Verdict
 

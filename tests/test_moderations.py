@@ -32,7 +32,7 @@ def gw(fake_upstream: tuple[str, Any]) -> Any:
 
 
 def test_official_client_batch_and_string_input(gw: Any) -> None:
-    url, app, records, got = gw
+    url, _app, records, got = gw
     client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
     res = client.moderations.create(
         model="omni-moderation-latest",
