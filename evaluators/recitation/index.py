@@ -5,12 +5,16 @@ Books are cut into overlapping windows of ``window_words`` words every
 summarised by a datasketch MinHash. Whole-document similarity cannot see a
 100-word copy from a 100,000-word book (Jaccard ~0.05), a window can.
 
-A query text is scanned with windows of ``query_window_words`` words (by default
+A query text is scanned with windows of ``query_window_words`` tokens (by default
 ``window_words - stride_words``, so any query window lies entirely inside some
-corpus window) every ``query_stride_words`` words. The MinHash LSH proposes
-candidate corpus windows; each candidate is verified exactly by *containment*,
-``|shingles(query window) & shingles(corpus window)| / |shingles(query window)|``.
-The best verified score at or above ``threshold`` is a match.
+corpus window) every ``query_stride_words`` tokens. The MinHash LSH proposes
+candidate corpus windows (small shingles, so a copy with scattered edits still
+shares enough of them); the few with the highest shingle containment are then
+*aligned* token by token (rapidfuzz LCS opcodes). The score is the share of the
+query window's tokens matched in order inside verbatim runs of at least
+``min_run`` tokens, so one changed word costs one token instead of breaking
+``shingle`` shingles, while the scattered common words two unrelated texts share
+(``of the``) do not count. The best score at or above ``threshold`` is a match.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import datasketch
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
+from rapidfuzz.distance import LCSseq
 
 from evaluators.recitation import artifact
 from evaluators.recitation.errors import (
@@ -39,14 +44,16 @@ from evaluators.recitation.errors import (
 from evaluators.recitation.text import (
     NORMALISATION,
     SHINGLE_HASH,
+    Tokenizer,
     Tokens,
     minhash_inputs,
     shingle_hashes,
-    tokenize,
+    word_hashes,
 )
 
 FORMAT = "gatehouse-recitation-index"
-FORMAT_VERSION = 1
+# v2: tokens per script (words / morphemes / characters), per-token hashes, aligned scores
+FORMAT_VERSION = 2
 MINHASH_SCHEME = "affine32"  # datasketch 2.x default; 1.x ("legacy") values are not comparable
 MINHASH_SEED = 1
 DEFAULT_INCLUDE = ("*.txt",)
@@ -55,21 +62,51 @@ DEFAULT_EXCLUDE = ("LICENSE*", "LICENCE*", "README*", "*NOTICE*")
 # LSH for candidates well below the exact threshold, then verify exactly.
 LSH_SLACK = 0.7
 LSH_WEIGHTS = (0.3, 0.7)  # (false positive, false negative): candidates are cheap to verify
+# Defaults picked by measurement (docs/recitation.md, `python -m evaluators.recitation.quality`).
+DEFAULT_SHINGLE = 4
+DEFAULT_MIN_RUN = 3
+DEFAULT_SCORE_FLOOR = 40
+DEFAULT_CANDIDATE_CONTAINMENT = 0.25
+DEFAULT_THRESHOLD = 0.55  # calibrated: `quality --part first --calibrate` (docs/recitation.md)
+GAP = 8  # tokens between two aligned runs that still belong to one copied passage
+ALIGN_TOP = 3  # candidates per query window that are aligned (highest shingle containment first)
 
 
 @dataclass(frozen=True)
 class RecitationMatch:
-    """The best corpus window a query recites. ``score`` is exact containment."""
+    """The best corpus window a query recites.
+
+    ``score`` is the share of the query window's tokens matched in order, in runs of
+    at least ``min_run`` tokens; ``longest_run`` is the longest verbatim run.
+    ``source_start``/``source_end`` are character offsets of ``matched_span`` in the
+    source text, ``query_start``/``query_end`` those of ``query_span`` in the query.
+    """
 
     source: str
     score: float
-    matched_span: str  # corpus text from the first to the last shared shingle
-    window_start_word: int  # the corpus window, in words of ``source``
+    matched_span: str  # source text from the first to the last aligned run
+    window_start_word: int  # the corpus window, in tokens of ``source``
     window_end_word: int
-    query_span: str  # query text from the first to the last shared shingle
+    query_span: str  # query text from the first to the last aligned run
+    longest_run: int = 0
+    matched_tokens: int = 0
+    source_start: int = 0
+    source_end: int = 0
+    query_start: int = 0
+    query_end: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Alignment:
+    score: float
+    longest_run: int
+    matched: int
+    qstart: int  # query token where the aligned query window starts
+    wstart: int
+    runs: list[tuple[int, int, int, int]]  # kept runs: query [s, e), window [s, e)
 
 
 def datasketch_major(version: str) -> int:
@@ -96,6 +133,10 @@ class IndexParams:
     min_query_words: int
     lsh_bands: int
     lsh_rows: int
+    min_run: int
+    score_floor: int
+    candidate_containment: float
+    cjk: str
 
     @classmethod
     def derive(
@@ -106,6 +147,10 @@ class IndexParams:
         shingle_words: int,
         num_perm: int,
         threshold: float,
+        min_run: int = 3,
+        score_floor: int = 40,
+        candidate_containment: float = 0.25,
+        cjk: str = "morpheme",
     ) -> IndexParams:
         if shingle_words < 1:
             raise ValueError(f"shingle_words must be >= 1, got {shingle_words}")
@@ -122,12 +167,18 @@ class IndexParams:
         if not 2 <= num_perm <= 1024:
             raise ValueError(f"num_perm must be in [2, 1024], got {num_perm}")
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold is a containment in (0, 1], got {threshold}")
+            raise ValueError(f"threshold is a share of aligned tokens in (0, 1], got {threshold}")
+        if not 1 <= min_run <= shingle_words * 4:
+            raise ValueError(f"min_run must be in [1, {shingle_words * 4}], got {min_run}")
+        if not 0.0 < candidate_containment <= 1.0:
+            raise ValueError(f"candidate_containment must be in (0, 1], got {candidate_containment}")
+        Tokenizer(cjk)  # validates the unit
         qwin = max(window_words - stride_words, window_words // 2, 2 * shingle_words)
         qstride = max(1, qwin // 5)
         q = qwin - shingle_words + 1
         w = window_words - shingle_words + 1
-        shared = threshold * q
+        # the LSH is sized for edited copies (few shared shingles), not for the decision threshold
+        shared = candidate_containment * q
         jaccard = LSH_SLACK * shared / (q + w - shared)
         # Let datasketch pick (bands, rows) for that threshold; stored so load needn't.
         probe = MinHashLSH(threshold=jaccard, num_perm=num_perm, weights=LSH_WEIGHTS)
@@ -143,6 +194,10 @@ class IndexParams:
             min_query_words=min(qwin, max(20, 3 * shingle_words)),
             lsh_bands=int(bands),
             lsh_rows=int(rows),
+            min_run=min_run,
+            score_floor=max(score_floor, 1),
+            candidate_containment=candidate_containment,
+            cjk=cjk,
         )
 
 
@@ -193,11 +248,14 @@ class RecitationIndex:
         windows: np.ndarray,
         shingles: np.ndarray,
         word_spans: np.ndarray,
+        token_hashes: np.ndarray,
     ) -> None:
         self.manifest = manifest
         p = manifest["params"]
         self.params = IndexParams(**p)
+        self.tokenizer = Tokenizer(self.params.cjk)
         self._texts = texts
+        self._token_hashes = token_hashes
         self._names = [s["name"] for s in manifest["sources"]]
         self._offsets = np.array([s["word_offset"] for s in manifest["sources"]], dtype=np.int64)
         self._minhashes = minhashes
@@ -230,9 +288,13 @@ class RecitationIndex:
         *,
         window_words: int = 100,
         stride_words: int = 50,
-        shingle_words: int = 5,
+        shingle_words: int = DEFAULT_SHINGLE,
         num_perm: int = 128,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_run: int = DEFAULT_MIN_RUN,
+        score_floor: int = DEFAULT_SCORE_FLOOR,
+        candidate_containment: float = DEFAULT_CANDIDATE_CONTAINMENT,
+        cjk: str = "morpheme",
         progress: bool = True,
         include: Sequence[str] = DEFAULT_INCLUDE,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
@@ -245,15 +307,21 @@ class RecitationIndex:
                 shingle_words=shingle_words,
                 num_perm=num_perm,
                 threshold=threshold,
+                min_run=min_run,
+                score_floor=score_floor,
+                candidate_containment=candidate_containment,
+                cjk=cjk,
             )
         except ValueError as exc:
             raise RecitationError(str(exc)) from exc
         corpus = _read_corpus(Path(corpus_dir), include, exclude)
         k = params.shingle_words
+        tokenizer = Tokenizer(params.cjk)
 
         texts: list[str] = []
         sources: list[dict[str, Any]] = []
         shingle_parts: list[np.ndarray] = []
+        token_parts: list[np.ndarray] = []
         span_parts: list[np.ndarray] = []
         window_rows: list[tuple[int, int, int]] = []
         offset = 0
@@ -262,10 +330,12 @@ class RecitationIndex:
                 text = raw.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
                 raise CorpusError(f"{name} is not UTF-8 text: {exc}") from exc
-            tokens = tokenize(text)
+            tokens = tokenizer(text)
             n = len(tokens)
+            wh = word_hashes(tokens.words)
             padded = np.zeros(n, dtype=np.uint64)
-            padded[: max(n - k + 1, 0)] = shingle_hashes(tokens.words, k)
+            padded[: max(n - k + 1, 0)] = shingle_hashes(tokens.words, k, wh)
+            token_parts.append(wh)
             src = len(sources)
             if n >= k:
                 for start in _window_starts(n, params.window_words, params.stride_words):
@@ -291,6 +361,7 @@ class RecitationIndex:
             )
 
         shingles = np.concatenate(shingle_parts)
+        token_hashes = np.concatenate(token_parts).astype(np.uint64)
         word_spans = np.concatenate(span_parts).astype(np.int64).reshape(-1, 2)
         windows = np.asarray(window_rows, dtype=np.int64)
         mh_in = minhash_inputs(shingles)
@@ -327,6 +398,8 @@ class RecitationIndex:
             "minhash_seed": MINHASH_SEED,
             "normalisation": NORMALISATION,
             "shingle_hash": SHINGLE_HASH,
+            "tokenizer": tokenizer.spec(),
+            "scoring": "aligned-runs-v1",
             "windows": len(windows),
             "words": len(shingles),
         }
@@ -337,6 +410,7 @@ class RecitationIndex:
             windows=windows,
             shingles=shingles,
             word_spans=word_spans,
+            token_hashes=token_hashes,
         )
         files = index._files()
         manifest["files"] = sorted(files)
@@ -352,6 +426,7 @@ class RecitationIndex:
             "windows.npy": artifact.array_bytes(self._windows),
             "shingles.npy": artifact.array_bytes(self._shingles),
             "word_spans.npy": artifact.array_bytes(self._word_spans),
+            "tokens.npy": artifact.array_bytes(self._token_hashes),
         }
         for source, text in zip(self.manifest["sources"], self._texts, strict=True):
             files[source["text_file"]] = text.encode("utf-8")
@@ -367,9 +442,14 @@ class RecitationIndex:
         index_dir = Path(index_dir)
         manifest = artifact.read_manifest(index_dir)
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            old = manifest.get("format") == FORMAT and manifest.get("format_version") == 1
+            why = (
+                " (v1 indexes cut Japanese and other unspaced scripts into one token per sentence "
+                "and score by shingle containment only)" if old else ""
+            )
             raise IndexFormatError(
                 f"{index_dir} is not a {FORMAT} v{FORMAT_VERSION} index "
-                f"(format={manifest.get('format')!r}, version={manifest.get('format_version')!r}); "
+                f"(format={manifest.get('format')!r}, version={manifest.get('format_version')!r}){why}; "
                 "rebuild it with `gatehouse recitation build`"
             )
         built = str(manifest.get("datasketch_version", "unknown"))
@@ -395,9 +475,16 @@ class RecitationIndex:
             names = list(manifest["files"])
             expected = str(manifest["content_sha256"])
             sources = manifest["sources"]
-            IndexParams(**manifest["params"])
-        except (KeyError, TypeError) as exc:
+            params = IndexParams(**manifest["params"])
+            ours_tok = Tokenizer(params.cjk).spec()
+        except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"manifest of {index_dir} is incomplete: {exc}") from exc
+        if manifest.get("tokenizer") != ours_tok:
+            raise IndexVersionError(
+                f"index {index_dir} was tokenised as {manifest.get('tokenizer')!r}, this process "
+                f"tokenises as {ours_tok!r} (another dictionary cuts Japanese differently); "
+                "rebuild the index with `gatehouse recitation build`"
+            )
         files = artifact.read_files(index_dir, names)
         actual = artifact.content_hash(files)
         if actual != expected:
@@ -412,6 +499,7 @@ class RecitationIndex:
             windows = arrays["windows.npy"]
             shingles = arrays["shingles.npy"]
             word_spans = arrays["word_spans.npy"]
+            token_hashes = arrays["tokens.npy"]
         except (KeyError, UnicodeDecodeError) as exc:
             raise IndexFormatError(f"index {index_dir} is missing data: {exc}") from exc
         num_perm = manifest["params"]["num_perm"]
@@ -422,6 +510,7 @@ class RecitationIndex:
             or windows.shape[1:] != (3,)
             or shingles.shape != (n_words,)
             or word_spans.shape != (n_words, 2)
+            or token_hashes.shape != (n_words,)
         ):
             raise IndexFormatError(f"index {index_dir} has arrays of inconsistent shapes")
         return cls(
@@ -431,6 +520,7 @@ class RecitationIndex:
             windows=windows,
             shingles=shingles,
             word_spans=word_spans,
+            token_hashes=token_hashes,
         )
 
     # ------------------------------------------------------------------ query
@@ -447,70 +537,127 @@ class RecitationIndex:
         return best
 
     def best_match(self, text: str) -> RecitationMatch | None:
-        """The best-scoring LSH candidate whatever its score (for calibration)."""
+        """The best-scoring aligned candidate whatever its score (for calibration)."""
         p = self.params
         k = p.shingle_words
-        tokens = tokenize(text)
+        tokens = self.tokenizer(text)
         n = len(tokens)
         if n < p.min_query_words:
             return None
-        qsh = shingle_hashes(tokens.words, k)
+        qwh = word_hashes(tokens.words)
+        qsh = shingle_hashes(tokens.words, k, qwh)
         qin = minhash_inputs(qsh)
         window_sets: dict[int, np.ndarray] = {}
-        # (score, hits, -window): ties go to the earliest window, whatever the set order
-        best: tuple[float, int, int, int, int] | None = None  # score, hits, -cand, start, end
+        aligned: dict[tuple[int, int], _Alignment] = {}
+        best: tuple[float, int, int, int, int] | None = None  # score, run, -cand, qstart, qend
         for start in _window_starts(n, p.query_window_words, p.query_stride_words):
             end = min(start + p.query_window_words, n)
             q = np.unique(qsh[start : end - k + 1])
             m = self._template.copy()
             m.update_batch(np.unique(qin[start : end - k + 1]).tolist())
+            scored = []
             for cand in self._lsh.query(m):
                 ws = window_sets.get(cand)
                 if ws is None:
                     ws = window_sets[cand] = np.unique(self._window_shingles(cand))
                 hits = int(np.isin(q, ws, assume_unique=True).sum())
-                score = hits / len(q)
-                if best is None or (score, hits, -cand) > best[:3]:
-                    best = (score, hits, -cand, start, end)
+                if hits:
+                    scored.append((hits, -cand))
+            # ties go to the earliest window, whatever the LSH's set order
+            for _, neg in sorted(scored, reverse=True)[:ALIGN_TOP]:
+                a = self._align(qwh, start, end, -neg)
+                aligned[(start, -neg)] = a
+                key = (a.score, a.longest_run, neg, start, end)
+                if best is None or key[:3] > best[:3]:
+                    best = key
             if best is not None and best[0] >= 1.0:
                 break  # nothing can beat a full copy; long recitations stay cheap
-        if best is None or best[1] == 0:
+        if best is None or best[0] <= 0.0:
             return None
-        score, _, neg_cand, qstart, qend = best
-        return self._describe(text, tokens, qsh, score, -neg_cand, qstart, qend)
+        _, _, neg_cand, qstart, _ = best
+        return self._describe(text, tokens, qwh, aligned[(qstart, -neg_cand)], -neg_cand)
 
     def _window_shingles(self, window: int) -> np.ndarray:
         src, start, end = (int(x) for x in self._windows[window])
         base = int(self._offsets[src])
         return self._shingles[base + start : base + end - self.params.shingle_words + 1]
 
-    def _describe(
-        self,
-        text: str,
-        tokens: Tokens,
-        qsh: np.ndarray,
-        score: float,
-        cand: int,
-        qstart: int,
-        qend: int,
-    ) -> RecitationMatch:
-        k = self.params.shingle_words
+    def _align(self, qwh: np.ndarray, qstart: int, qend: int, cand: int) -> _Alignment:
+        """In-order alignment of query tokens [qstart, qend) with corpus window ``cand``."""
         src, wstart, wend = (int(x) for x in self._windows[cand])
         base = int(self._offsets[src])
-        ws = self._window_shingles(cand)
-        q = qsh[qstart : qend - k + 1]
-        in_window = np.flatnonzero(np.isin(ws, q))
-        in_query = np.flatnonzero(np.isin(q, ws))
-        c0, c1 = base + wstart + int(in_window[0]), base + wstart + int(in_window[-1]) + k - 1
-        q0, q1 = qstart + int(in_query[0]), qstart + int(in_query[-1]) + k - 1
+        query = qwh[qstart:qend].tolist()
+        window = self._token_hashes[base + wstart : base + wend].tolist()
+        runs = [
+            (op.src_start, op.src_end, op.dest_start, op.dest_end)
+            for op in LCSseq.opcodes(query, window)
+            if op.tag == "equal"
+        ]
+        longest = max((e - s for s, e, _, _ in runs), default=0)
+        kept = [r for r in runs if r[1] - r[0] >= self.params.min_run]
+        matched = sum(e - s for s, e, _, _ in kept)
+        score = matched / max(qend - qstart, self.params.score_floor)
+        return _Alignment(score, longest, matched, qstart, wstart, kept)
+
+    def _extent(self, qwh: np.ndarray, a: _Alignment, cand: int) -> tuple[int, int, int, int]:
+        """Query and source token ranges of the whole copied passage around the best window.
+
+        The score comes from one query window; the report re-aligns a query window's
+        length of context on each side against the source around the corpus window,
+        and keeps the runs chained to the best window's runs by gaps of at most
+        ``GAP`` tokens, so a long copy is quoted whole and stray common phrases are not.
+        """
+        p = self.params
+        src, wstart, wend = (int(x) for x in self._windows[cand])
+        base, n_src = int(self._offsets[src]), int(self.manifest["sources"][src]["words"])
+        q_lo = max(0, a.qstart - p.query_window_words)
+        q_hi = min(len(qwh), a.qstart + 2 * p.query_window_words)
+        c_lo, c_hi = max(0, wstart - p.window_words), min(n_src, wend + p.window_words)
+        runs = [
+            (q_lo + op.src_start, q_lo + op.src_end, c_lo + op.dest_start, c_lo + op.dest_end)
+            for op in LCSseq.opcodes(
+                qwh[q_lo:q_hi].tolist(), self._token_hashes[base + c_lo : base + c_hi].tolist()
+            )
+            if op.tag == "equal" and op.src_end - op.src_start >= p.min_run
+        ]
+        core = (a.qstart + a.runs[0][0], a.qstart + a.runs[-1][1])
+        inside = [i for i, r in enumerate(runs) if r[0] < core[1] and r[1] > core[0]]
+        if not inside:
+            return core[0], core[1], wstart + a.runs[0][2], wstart + a.runs[-1][3]
+        i, j = inside[0], inside[-1]
+        while i > 0 and runs[i][0] - runs[i - 1][1] <= GAP and runs[i][2] - runs[i - 1][3] <= GAP:
+            i -= 1
+        while j + 1 < len(runs) and runs[j + 1][0] - runs[j][1] <= GAP and runs[j + 1][2] - runs[j][3] <= GAP:
+            j += 1
+        return runs[i][0], runs[j][1], runs[i][2], runs[j][3]
+
+    def _describe(
+        self, text: str, tokens: Tokens, qwh: np.ndarray, a: _Alignment, cand: int
+    ) -> RecitationMatch:
+        src, wstart, wend = (int(x) for x in self._windows[cand])
+        base = int(self._offsets[src])
         corpus = self._texts[src]
+        if a.runs:
+            q0, q1, c0, c1 = self._extent(qwh, a, cand)
+            q1, c0, c1 = q1 - 1, base + c0, base + c1 - 1
+        else:  # only runs shorter than min_run: quote the window starts, score says it all
+            q0 = q1 = a.qstart
+            c0 = c1 = base + wstart
+        s0, s1 = int(self._word_spans[c0, 0]), int(self._word_spans[c1, 1])
+        t0, t1 = int(tokens.spans[q0, 0]), int(tokens.spans[q1, 1])
         return RecitationMatch(
             source=self._names[src],
-            score=round(float(score), 4),
-            matched_span=corpus[self._word_spans[c0, 0] : self._word_spans[c1, 1]],
+            score=round(float(a.score), 4),
+            matched_span=corpus[s0:s1],
             window_start_word=wstart,
             window_end_word=wend,
-            query_span=text[tokens.spans[q0, 0] : tokens.spans[q1, 1]],
+            query_span=text[t0:t1],
+            longest_run=a.longest_run,
+            matched_tokens=a.matched,
+            source_start=s0,
+            source_end=s1,
+            query_start=t0,
+            query_end=t1,
         )
 
     async def acheck(self, text: str) -> RecitationMatch | None:

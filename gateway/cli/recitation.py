@@ -17,7 +17,13 @@ from pathlib import Path
 
 from evaluators.recitation import RecitationError, RecitationIndex
 from evaluators.recitation.artifact import read_manifest
-from evaluators.recitation.index import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from evaluators.recitation.index import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_INCLUDE,
+    DEFAULT_MIN_RUN,
+    DEFAULT_SHINGLE,
+    DEFAULT_THRESHOLD,
+)
 
 EXIT_USAGE = 2
 
@@ -25,7 +31,7 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="gatehouse recitation",
-        description="Detect model outputs that recite a protected corpus (MinHash over word windows).",
+        description="Detect model outputs that recite a protected corpus (MinHash candidates, aligned scores).",
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="{build,check,info}")
 
@@ -43,13 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--stride", type=int, default=50, help="words between window starts (default 50)"
     )
-    b.add_argument("--shingle", type=int, default=5, help="words per shingle (default 5)")
+    b.add_argument(
+        "--shingle", type=int, default=DEFAULT_SHINGLE,
+        help=f"tokens per shingle, for LSH candidates (default {DEFAULT_SHINGLE})",
+    )
+    b.add_argument(
+        "--min-run", type=int, default=DEFAULT_MIN_RUN,
+        help=f"shortest verbatim run that counts in the aligned score (default {DEFAULT_MIN_RUN})",
+    )
+    b.add_argument(
+        "--cjk", choices=("morpheme", "char"), default="morpheme",
+        help="unit for Japanese/Chinese text: MeCab morphemes (fugashi + unidic-lite) or characters",
+    )
     b.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
     b.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="containment needed to report a match (default 0.5)",
+        default=DEFAULT_THRESHOLD,
+        help=f"share of the text's tokens copied in order needed to report a match (default {DEFAULT_THRESHOLD})",
     )
     b.add_argument(
         "--include",
@@ -85,6 +102,8 @@ def _build(args: argparse.Namespace) -> int:
         shingle_words=args.shingle,
         num_perm=args.num_perm,
         threshold=args.threshold,
+        min_run=args.min_run,
+        cjk=args.cjk,
         progress=not args.no_progress,
         include=tuple(args.include or DEFAULT_INCLUDE),
         exclude=tuple(args.exclude or DEFAULT_EXCLUDE),

@@ -17,17 +17,33 @@ from gateway.config import DEMO_CONFIG, ConfigError, Settings, load_settings
 from gateway.errors import ErrorKind, GatewayError
 
 
+def _demo_index_is_current(index_dir: Path, corpus: Path) -> bool:
+    """True when the demo index exists, loads, and covers exactly the demo corpus files."""
+    import hashlib
+
+    from evaluators.recitation import RecitationError, RecitationIndex
+
+    try:
+        manifest = RecitationIndex.load(index_dir).manifest
+    except RecitationError:  # missing, older format, other tokenizer: rebuild
+        return False
+    have = {s["name"]: s["sha256"] for s in manifest["sources"]}
+    want = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in corpus.glob("*.txt")}
+    return have == want
+
+
 def demo_env() -> None:
     """Defaults the demo config refers to: its policy file, and a recitation index of the
-    demo corpus (Alice, chapter I), built under .gatehouse/ on first start (about a second)."""
+    demo corpus (Alice, chapter I, and a Japanese essay), built under .gatehouse/ on first
+    start (about a second) and rebuilt when the corpus or the index format changes."""
     policies = Path(__file__).resolve().parents[2] / "policies" / "examples" / "demo.yaml"
     os.environ.setdefault("GATEHOUSE_DEMO_POLICIES", str(policies))
     if "GATEHOUSE_DEMO_RECITATION" not in os.environ:
         index_dir = Path(".gatehouse") / "demo-recitation"
-        if not (index_dir / "manifest.json").exists():
+        corpus = Path(__file__).resolve().parents[1] / "demo_corpus"
+        if not _demo_index_is_current(index_dir, corpus):
             from evaluators.recitation import RecitationIndex
 
-            corpus = Path(__file__).resolve().parents[1] / "demo_corpus"
             RecitationIndex.build(corpus, progress=False).save(index_dir)
         os.environ["GATEHOUSE_DEMO_RECITATION"] = str(index_dir.resolve())
 
