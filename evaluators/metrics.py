@@ -10,10 +10,12 @@ The metric set follows the task when none is given:
 - classification → accuracy and macro-F1.
 
 Tokenizers: rouge-score's default tokenizer keeps only ``[a-z0-9]``, so any
-text with non-ASCII letters scores 0 (or nearly). Such corpora get a
-unicode-aware tokenizer (CJK/Thai one token per character); BLEU picks ``zh``
-for Chinese, ``char`` for Japanese/Korean/Thai when MeCab is missing, ``intl``
-for other non-Latin scripts. The choice is recorded in the result.
+text with non-ASCII letters scores 0 (or nearly). Japanese (kana in the text)
+gets MeCab morphemes (fugashi + unidic-lite); other such corpora get a
+unicode-aware tokenizer (CJK/Thai one token per character). BLEU picks
+``ja-mecab`` for Japanese (mecab-python3 + ipadic; ``char`` if they are
+missing), ``zh`` for Chinese, ``intl`` for other non-Latin scripts. The choice
+is recorded in the result.
 """
 
 from __future__ import annotations
@@ -146,6 +148,52 @@ class UnicodeTokenizer:
         return out
 
 
+_JA = "\u3005\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_JA_RUN = re.compile(f"(?P<ja>[{_JA}]+)|(?P<other>[^{_JA}]+)")
+
+
+class JapaneseTokenizer(UnicodeTokenizer):
+    """Morphemes for runs of Han/kana (MeCab via fugashi, unidic-lite dictionary), the
+    unicode tokenizer's words for everything else: ROUGE on Japanese counts words,
+    not characters (one shared character such as は or の is not a shared word)."""
+
+    def __init__(self) -> None:
+        from importlib.metadata import version
+
+        from evaluators.recitation.text import MORPHEMES
+
+        self._morphemes = MORPHEMES
+        self.name = f"ja-fugashi-unidic-lite-{version('unidic-lite')}"
+
+    def tokenize(self, text: str) -> list[str]:
+        out: list[str] = []
+        for word in self._word.findall(unicodedata.normalize("NFKC", text).casefold()):
+            for run in _JA_RUN.finditer(word.replace("_", "")):
+                piece = run.group()
+                if run.lastgroup == "ja":
+                    out.extend(piece[s:e] for s, e in self._morphemes.split(piece))
+                else:
+                    out.append(piece)
+        return out
+
+
+def is_japanese(texts: Sequence[str]) -> bool:
+    prof = script_profile(texts)
+    return prof["kana"] / (sum(prof.values()) or 1) > 0.05
+
+
+def rouge_tokenizer(texts: Sequence[str], requested: str = "auto") -> Any:
+    """The tokenizer object rouge-score should use (None: its default), by script."""
+    if requested == "ja" or (requested == "auto" and is_japanese(texts)):
+        try:
+            return JapaneseTokenizer()
+        except ImportError:  # fugashi/unidic-lite missing: characters, and the name says so
+            return UnicodeTokenizer()
+    if requested == "unicode" or (requested == "auto" and needs_unicode_tokenizer(texts)):
+        return UnicodeTokenizer()
+    return None
+
+
 # --------------------------------------------------------------------------- sentences
 
 _SENT_END = re.compile(r"(?<=[.!?。！？])[\"'”’)\]]*\s+(?=\S)|(?<=[。！？])(?=\S)")
@@ -251,11 +299,8 @@ def rouge_scores(
     from rouge_score import rouge_scorer
 
     all_text = list(predictions) + [r for refs in references for r in refs]
-    tok_obj: Any = None
-    tok_name = "rouge_score-default"
-    if tokenizer == "unicode" or (tokenizer == "auto" and needs_unicode_tokenizer(all_text)):
-        tok_obj = UnicodeTokenizer()
-        tok_name = UnicodeTokenizer.name
+    tok_obj: Any = rouge_tokenizer(all_text, tokenizer)
+    tok_name = "rouge_score-default" if tok_obj is None else tok_obj.name
     # the Porter stemmer only makes sense for English tokens
     stem = use_stemmer and tok_obj is None
     scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=stem, tokenizer=tok_obj)

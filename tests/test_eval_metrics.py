@@ -94,7 +94,7 @@ def test_non_latin_text_gets_a_unicode_tokenizer() -> None:
     assert UnicodeTokenizer().tokenize("我爱北京 ABC") == ["我", "爱", "北", "京", "abc"]
     zh = compute_metrics(["我爱北京天安门"], [["我爱北京"]], task="translation", n_boot=10)
     assert zh.tokenizers["bleu"] == "zh" and "tok:zh" in zh.signatures["bleu"]
-    assert choose_bleu_tokenizer(["東京へ行きます"]) == "char"  # ja-mecab not installed → char
+    assert choose_bleu_tokenizer(["東京へ行きます"]) == "ja-mecab"  # mecab-python3 + ipadic are dependencies
     assert choose_bleu_tokenizer(["Привет, мир"]) == "intl"
     assert choose_bleu_tokenizer(["plain english"]) == "13a"
 
@@ -196,3 +196,29 @@ def test_cli_metrics_writes_reports(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(summ["metrics"]["rouge1"]["per_item"]) == 5
     html = next((tmp_path / "rep").glob("metrics-r-*.html")).read_text()
     assert "data:image/png;base64," in html and "<details>" in html and "a cat sat on the mat 3. it was glad." in html
+
+
+def test_japanese_rouge_counts_morphemes_not_characters() -> None:
+    """猫が魚を食べた / 猫が肉を食べた: morphemes 猫|が|魚|を|食べ|た vs 猫|が|肉|を|食べ|た.
+    ROUGE-1 = 5 shared of 6 = 0.8333; ROUGE-2: bigrams 猫が, を食べ, 食べた shared of 5 = 0.6;
+    ROUGE-L: LCS 5 of 6 = 0.8333. Characters would give 6/7 = 0.857 for ROUGE-1."""
+    from evaluators.metrics import JapaneseTokenizer
+
+    assert JapaneseTokenizer().tokenize("猫が魚を食べた。GPUを2枚") == ["猫", "が", "魚", "を", "食べ", "た", "gpu", "を", "2", "枚"]
+    r = compute_metrics(["猫が魚を食べた"], [["猫が肉を食べた"]], task="summarization", n_boot=5)
+    assert r.tokenizers["rouge"].startswith("ja-fugashi-unidic-lite-")
+    assert r.metrics["rouge1"].value == pytest.approx(5 / 6)
+    assert r.metrics["rouge2"].value == pytest.approx(3 / 5)
+    assert r.metrics["rougeL"].value == pytest.approx(5 / 6)
+    # explicitly asking for the unicode tokenizer still gives characters
+    chars = compute_metrics(["猫が魚を食べた"], [["猫が肉を食べた"]], task="summarization", n_boot=5, tokenizer="unicode")
+    assert chars.tokenizers["rouge"] == UnicodeTokenizer.name and chars.metrics["rouge1"].value == pytest.approx(6 / 7)
+
+
+def test_japanese_bleu_uses_mecab() -> None:
+    """私|は|毎朝|駅|まで|歩い|て|行き|ます|。 vs the same with 走っ for 歩い (IPA dictionary):
+    one substitution in 10 tokens: precisions 9/10, 7/9, 5/8, 3/7, brevity penalty 1,
+    BLEU = 100 * (0.9 * 7/9 * 5/8 * 3/7) ** (1/4) = 100 * 0.1875 ** 0.25 = 65.80."""
+    r = compute_metrics(["私は毎朝駅まで歩いて行きます。"], [["私は毎朝駅まで走って行きます。"]], task="translation", n_boot=5)
+    assert r.tokenizers["bleu"] == "ja-mecab" and "tok:ja-mecab-0.996-IPA" in r.signatures["bleu"]
+    assert r.metrics["bleu"].value == pytest.approx(100 * 0.1875**0.25, abs=1e-6)
