@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.cost import COST_HEADER, STREAM_TEXT, format_cost
+from gateway.cost import COST_HEADER, STREAM_TEXT, format_cost, request_text
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.providers import StreamReply, UpstreamFailure
 from gateway.routing import Attempt, sticky_key
@@ -264,7 +264,8 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
     rt.meter.track_stream(ctx)
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers_list(ctx)]})
-    pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send))
+    texts: list[str] = []
+    pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send, texts))
     watch = asyncio.ensure_future(_wait_disconnect(receive))
     try:
         done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -280,6 +281,25 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
     finally:
         watch.cancel()
         await reply.aclose()
+        _stream_record(rt, ctx, "".join(texts))
+
+
+def _stream_record(rt: Runtime, ctx: RequestContext, text: str) -> None:
+    """Usage and (with log_bodies) the assembled reply of a stream, for the traffic record.
+
+    Usage comes from the upstream's ``stream_options.include_usage`` chunk when it sends one;
+    otherwise it is counted with the cost meter's estimating tokenizer and marked ``usage_estimated``."""
+    rec = ctx.record
+    if rec.total_tokens is None:
+        rec.prompt_tokens, rec.completion_tokens = rt.meter.estimate_tokens(request_text(ctx.body)), rt.meter.estimate_tokens(text)
+        rec.total_tokens = rec.prompt_tokens + rec.completion_tokens
+        rec.extra["usage_estimated"] = True
+    if rt.log_bodies and rec.response_body is None:
+        msg = {"role": "assistant", "content": text} if ctx.endpoint == "chat" else None
+        choice = {"index": 0, "finish_reason": rec.finish_reason, **({"message": msg} if msg else {"text": text})}
+        rec.response_body = {"object": "chat.completion" if msg else "text_completion", "streamed": True, "choices": [choice],
+                             "usage": {"prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
+                                       "total_tokens": rec.total_tokens}}
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -296,6 +316,7 @@ async def _pump(
     filters: list[StreamFilter],
     client_wants_usage: bool,
     send: Send,
+    streamed: list[str],
 ) -> None:
     """Relay upstream events; each upstream read becomes one client write."""
     rec = ctx.record
@@ -334,8 +355,10 @@ async def _pump(
                 if isinstance(chunk, dict):
                     if rec.response_model is None and isinstance(chunk.get("model"), str):
                         rec.response_model = chunk["model"]
+                    text = chunk_text(chunk)
+                    streamed.append(text)
                     if texts is not None:
-                        texts.append(chunk_text(chunk))
+                        texts.append(text)
                     if chunk.get("usage"):
                         take_usage(ctx, chunk["usage"])
                         if not chunk.get("choices") and not client_wants_usage:

@@ -133,6 +133,20 @@ class Meter:
             self.load()
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def estimate_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the estimating tokenizer, loaded on first use even when no route is
+        priced (a stream whose upstream sends no usage still gets token counts, marked estimated)."""
+        if not text:
+            return 0
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self._tokenizer_path or default_tokenizer_path()))
+            tok.no_truncation()
+            tok.no_padding()
+            self._tokenizer = tok
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
     def estimate_hold(self, route: str, body: Mapping[str, Any], default_max_tokens: int) -> float:
         """An upper-ish cost of a request before it runs, at the route's dearest price (budgets' hold)."""
         prices = self.route_prices.get(route)
@@ -160,7 +174,7 @@ class Meter:
             return None
         if record.prompt_tokens is not None or record.completion_tokens is not None:
             cost = price_of(price, record.prompt_tokens or 0, record.completion_tokens or 0, record.cached_tokens or 0)
-            record.cost_estimated = False
+            record.cost_estimated = bool(record.extra.get("usage_estimated"))  # counted by our tokenizer, not reported
         else:
             out = reply_text(reply) if reply is not None else "".join((ctx.state.get(STREAM_TEXT) or ()) if ctx else ())
             if not out and record.status != 200:

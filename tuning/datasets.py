@@ -28,7 +28,7 @@ import hashlib
 import json
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,13 +194,20 @@ def _meta(rec: dict[str, Any], signal: str) -> dict[str, Any]:
     }
 
 
-def build_sft(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRow]) -> list[Example]:
-    """Chat examples from liked or corrected answers."""
+def build_sft(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRow], drops: Counter[str] | None = None) -> list[Example]:
+    """Chat examples from liked or corrected answers; ``drops`` counts the feedback that gave none, by reason."""
     j = join(records, feedback)
+    drops = drops if drops is not None else Counter()
     out = []
+    for rid in list(j.rating) + [r for r in j.correction if r not in j.rating]:
+        if rid not in j.records:
+            drops["sft_feedback_record_not_found"] += 1
     for rid, rec in j.records.items():
+        signalled = rid in j.correction or rid in j.rating
         msgs = request_messages(rec)
         if not msgs:
+            if signalled:
+                drops["sft_no_logged_request_body"] += 1
             continue
         answer: str | None
         if rid in j.correction:
@@ -208,21 +215,31 @@ def build_sft(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRow]
         elif j.rating.get(rid) == "up" and int(rec.get("status") or 200) == 200:
             answer, signal = response_text(rec), "liked"
         else:
+            if j.rating.get(rid) == "down":
+                drops["sft_disliked"] += 1
+            elif signalled:
+                drops["sft_liked_but_failed_request"] += 1
             continue
         if not answer:
+            drops["sft_no_logged_answer"] += 1
             continue
         ex = {"messages": [*msgs, {"role": "assistant", "content": answer}], **_meta(rec, signal)}
         out.append({"id": _example_id(ex["messages"]), **ex})
     return sorted(out, key=lambda e: e["id"])
 
 
-def build_prefs(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRow], max_pairs_per_prompt: int = 4) -> list[Example]:
-    """Preference pairs: pairwise feedback, corrections over originals, up vs down on one prompt."""
+def build_prefs(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRow], max_pairs_per_prompt: int = 4,
+                drops: Counter[str] | None = None) -> list[Example]:
+    """Preference pairs: pairwise feedback, corrections over originals, up vs down on one prompt.
+
+    ``drops`` counts every signal that gave no pair, by reason (``pairwise_different_prompts``…)."""
     j = join(records, feedback)
+    drops = drops if drops is not None else Counter()
     out: list[Example] = []
 
     def add(msgs: list[dict[str, str]], chosen: str, rejected: str, rec: dict[str, Any], signal: str, rejected_id: str | None) -> None:
         if chosen.strip() == rejected.strip():
+            drops[f"{signal}_same_answer"] += 1
             return
         ex = {"prompt": msgs, "chosen": chosen, "rejected": rejected, **_meta(rec, signal)}
         ex["source"]["rejected_request_id"] = rejected_id
@@ -231,10 +248,17 @@ def build_prefs(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRo
     for a, b in j.pairs:
         ra, rb = j.records.get(a), j.records.get(b)
         if not ra or not rb:
+            drops["pairwise_record_not_found"] += 1
             continue
         ma, mb = request_messages(ra), request_messages(rb)
         ta, tb = response_text(ra), response_text(rb)
-        if ma and ma == mb and ta and tb:  # a preference only means something for the same prompt
+        if not ma or not mb:
+            drops["pairwise_no_logged_request_body"] += 1
+        elif not ta or not tb:
+            drops["pairwise_no_logged_answer"] += 1
+        elif _user_turns(ma) != _user_turns(mb):  # a preference only means something for the same prompt
+            drops["pairwise_different_prompts"] += 1
+        else:
             add(ma, ta, tb, ra, "pairwise", b)
     for rid, corr in j.correction.items():
         rec = j.records.get(rid)
@@ -242,6 +266,8 @@ def build_prefs(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRo
         orig = response_text(rec) if rec else None
         if rec and msgs and orig:
             add(msgs, corr, orig, rec, "correction", rid)
+        else:
+            drops["correction_no_logged_answer"] += 1
     by_prompt: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"up": [], "down": []})
     for rid, r in j.rating.items():
         rec = j.records.get(rid)
@@ -259,8 +285,16 @@ def build_prefs(records: Iterable[dict[str, Any]], feedback: Iterable[FeedbackRo
                 n += 1
     uniq: dict[str, Example] = {}
     for e in out:  # the same pair from several signals: keep the most explicit (first) one
+        if e["id"] in uniq:
+            drops["duplicate_pair"] += 1
         uniq.setdefault(e["id"], e)
     return sorted(uniq.values(), key=lambda e: e["id"])
+
+
+def _user_turns(msgs: list[dict[str, str]]) -> list[str]:
+    """What the user asked: the same question answered by two routes (each with its own system
+    prompt from a prompt template) is still one prompt for a preference."""
+    return [m["content"].strip() for m in msgs if m["role"] == "user"]
 
 
 # -- curation --------------------------------------------------------------------------------
@@ -393,6 +427,9 @@ def curate(examples: list[Example], cfg: CurationConfig, scorer: SafetyFn | None
         train, val = split(examples, cfg.val_fraction, cfg.seed)
         steps.update(train=len(train), validation=len(val))
         bar.update(1)
+    after_pii = steps["input"]
+    steps["dropped"] = {"length": after_pii - steps["after_length"], "safety": steps["after_length"] - steps["after_safety"],
+                        "near_duplicate": steps["after_safety"] - steps["after_dedup"]}
     return train, val, steps
 
 
@@ -460,10 +497,12 @@ def build(
     files = traffic_files(traffic) if traffic else []
     records = read_traffic(files)  # `files` already includes rotated backups: read each once
     fb = load_feedback(feedback)
-    examples = build_sft(records, fb) if kind == "sft" else build_prefs(records, fb) if kind == "prefs" else None
+    drops: Counter[str] = Counter()
+    examples = build_sft(records, fb, drops) if kind == "sft" else build_prefs(records, fb, drops=drops) if kind == "prefs" else None
     if examples is None:
         raise ValueError(f"unknown dataset kind {kind!r}; use sft or prefs")
     train, val, steps = curate(examples, cfg, scorer)
+    steps["dropped"] = {**dict(sorted(drops.items())), **steps["dropped"]}
     steps["feedback_items"] = len(fb)
     steps["traffic_records"] = len(records)
     parent_ids = list(parents)

@@ -332,6 +332,28 @@ class Registry:
                 rows = self._db.execute(f"SELECT {self._COLS} FROM artifacts ORDER BY created_at, id").fetchall()
         return [self._row(r) for r in rows]
 
+    def find_by_hash(self, kind: str, content_hash: str) -> builtins.list[Artifact]:
+        """Registered artifacts of ``kind`` with this content (oldest first): a directory that was
+        registered once is recognised by its bytes, whatever name it was registered under."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLS} FROM artifacts WHERE kind=? AND content_hash=? ORDER BY created_at, id", (kind, content_hash)
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def recognise(self, kind: str, ref: str | Path) -> Artifact | None:
+        """The registered artifact ``ref`` names: an id (or unique prefix), or a file/directory whose
+        content is registered (the copy in the store, or the directory it was registered from).
+        Among several with that content, the one with the longest history (most parents) wins."""
+        p = Path(ref)
+        if p.exists():
+            found = self.find_by_hash(kind, hash_path(p))
+            return max(found, key=lambda a: (len(a.parents), -a.created_at)) if found else None
+        art = self.resolve(str(ref))
+        if art.kind != kind:
+            raise RegistryError(f"{art.id} is a {art.kind}, not a {kind}")
+        return art
+
     def parents(self, art_id: str) -> builtins.list[str]:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT parent FROM links WHERE child=? ORDER BY parent", (art_id,))]

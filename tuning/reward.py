@@ -10,8 +10,14 @@ Data: Anthropic HH-RLHF harmless-base test split (MIT), where each line's two
 transcripts share every turn but the last answer. A seeded 80/20 split by pair
 index holds out the pairs accuracy is reported on.
 
-    python -m tuning.reward train --out DIR [--data FILE] [--hidden 0] [--registry REG]
-    python -m tuning.reward score --model DIR --prompt "..." --answer "..."
+    gatehouse tune reward train --out DIR --data DATA_DIR_OR_FILE [--hidden 0] [--registry REG]
+    gatehouse tune reward score --model DIR --prompt "..." --answer "..."
+
+``--data`` is the public data directory (``hh_rlhf_harmless_test/harmless-base_test.jsonl``
+inside it is used) or the JSONL file itself; it defaults to ``$GATEHOUSE_DATA_DIR``. The
+held-out pairs are written next to the model (``heldout_pairs.jsonl``) so the arbiter can be
+measured on exactly the pairs it never trained on:
+``gatehouse eval sxs --human-pairs DIR/heldout_pairs.jsonl --reward-model DIR``.
 
 ``RewardModel.score(prompt, answer) -> float`` can be an offline AutoSxS
 arbiter (``evaluators.sxs.RewardModelArbiter``). Saved as ``reward_head.npz``
@@ -32,8 +38,41 @@ from typing import Any
 import numpy as np
 import torch
 
-DEFAULT_DATA = Path("/work/shared/data/hh_rlhf_harmless_test/harmless-base_test.jsonl")
+HH_FILE = Path("hh_rlhf_harmless_test") / "harmless-base_test.jsonl"  # inside the data directory
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hh_rlhf_tuning" / "pairs.jsonl"
+
+
+def resolve_data(data: str | Path | None) -> Path:
+    """The HH-RLHF JSONL from ``--data`` (a file, or the data directory) or ``$GATEHOUSE_DATA_DIR``."""
+    import os
+
+    src = data or os.environ.get("GATEHOUSE_DATA_DIR")
+    if not src:
+        raise FileNotFoundError("no training data: pass --data DIR (the data directory or the HH-RLHF JSONL) or set GATEHOUSE_DATA_DIR")
+    p = Path(src)
+    if p.is_dir():
+        p = p / HH_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no HH-RLHF pairs at {p} (expected the data directory containing {HH_FILE}, or the JSONL file)")
+    return p
+
+
+def _progress(msg: str) -> None:
+    print(f"[reward] {msg}", file=sys.stderr, flush=True)
+
+
+def _encode(embedder: Any, texts: list[str], desc: str, batch: int = 256) -> np.ndarray:
+    """Embed in batches with a progress bar (embedding is almost all of the training time)."""
+    import os
+
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=bool(os.environ.get("GATEHOUSE_NO_PROGRESS"))) as bar:
+        for i in range(0, len(texts), batch):
+            out.append(np.asarray(embedder.encode(texts[i:i + batch])))
+            bar.update(len(texts[i:i + batch]))
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def split_transcript(text: str) -> tuple[str, str]:
@@ -157,7 +196,7 @@ def pair_accuracy(model: RewardModel, xc: np.ndarray, xr: np.ndarray) -> float:
 
 
 def train(
-    data: str | Path = DEFAULT_DATA,
+    data: str | Path | None = None,
     out: str | Path | None = None,
     *,
     holdout: float = 0.2,
@@ -172,16 +211,20 @@ def train(
 ) -> tuple[RewardModel, dict[str, Any]]:
     """Train on the seeded train split; report train and held-out pair accuracy."""
     t0 = time.time()
+    data = resolve_data(data)
     if embedder is None:
         from evaluators.embedding import shared_embedder
 
+        _progress("loading the MiniLM embedder")
         embedder = shared_embedder()
     pairs = load_pairs(data, limit)
     tr_idx, ho_idx = split_indices(len(pairs), holdout, seed)
-    ep = embedder.encode([last_user_turn(p["prompt"]) for p in pairs])
-    ec = embedder.encode([p["chosen"] for p in pairs])
-    er = embedder.encode([p["rejected"] for p in pairs])
+    _progress(f"{len(pairs)} pairs from {data}: {len(tr_idx)} train, {len(ho_idx)} held out; embedding {3 * len(pairs)} texts")
+    ep = _encode(embedder, [last_user_turn(p["prompt"]) for p in pairs], "prompts")
+    ec = _encode(embedder, [p["chosen"] for p in pairs], "chosen answers")
+    er = _encode(embedder, [p["rejected"] for p in pairs], "rejected answers")
     xc, xr = RewardModel.features(ep, ec), RewardModel.features(ep, er)
+    _progress(f"fitting the head ({epochs} epochs, full batch)")
     layers = fit_head(xc[tr_idx], xr[tr_idx], hidden=hidden, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
     data_sha = hashlib.sha256(Path(data).read_bytes()).hexdigest()
     report = {
@@ -207,11 +250,17 @@ def train(
     distinct = np.array([p["chosen"] != p["rejected"] for p in pairs])
     hd = ho_idx[distinct[ho_idx]]
     report["heldout_accuracy_distinct"] = pair_accuracy(model, xc[hd], xr[hd])
+    from evaluators.metrics import bootstrap_ci
+
+    correct = (model.forward(xc[ho_idx]) > model.forward(xr[ho_idx])).astype(float)
+    report["heldout_accuracy_ci95"] = list(bootstrap_ci(correct, n_boot=1000, seed=seed)) if len(correct) else [None, None]
     report["seconds"] = round(time.time() - t0, 1)
     model.manifest.update({k: report[k] for k in ("train_accuracy", "heldout_accuracy", "heldout_accuracy_distinct")})
     if out is not None:
         model.save(out)
         (Path(out) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        lines = [line for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip()]
+        (Path(out) / "heldout_pairs.jsonl").write_text("".join(lines[i] + "\n" for i in ho_idx if i < len(lines)), encoding="utf-8")
         if registry is not None:
             ds = registry.register("dataset", data, name=Path(data).stem, metadata={"role": "preference pairs"}, copy=False)
             job = registry.register("job", None, name="reward-bt", metadata=report, parents=[ds.id])
@@ -225,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--out", required=True)
-    t.add_argument("--data", default=str(DEFAULT_DATA))
+    t.add_argument("--data", default=None, help="data directory (with hh_rlhf_harmless_test/) or the HH-RLHF JSONL (default: $GATEHOUSE_DATA_DIR)")
     t.add_argument("--holdout", type=float, default=0.2)
     t.add_argument("--hidden", type=int, default=0, help="hidden units (0 = linear head)")
     t.add_argument("--epochs", type=int, default=200)
@@ -247,13 +296,18 @@ def main(argv: list[str] | None = None) -> int:
         from tuning.registry import Registry
 
         reg = Registry(a.registry)
-    _, r = train(
-        a.data, a.out, holdout=a.holdout, hidden=a.hidden, epochs=a.epochs, lr=a.lr,
-        weight_decay=a.weight_decay, seed=a.seed, limit=a.limit, registry=reg,
-    )
+    try:
+        _, r = train(
+            a.data, a.out, holdout=a.holdout, hidden=a.hidden, epochs=a.epochs, lr=a.lr,
+            weight_decay=a.weight_decay, seed=a.seed, limit=a.limit, registry=reg,
+        )
+    except FileNotFoundError as e:
+        print(f"gatehouse tune reward: {e}", file=sys.stderr)
+        return 2
     print(
         f"reward model: {r['train_pairs']} train / {r['heldout_pairs']} held-out pairs; "
         f"train acc {r['train_accuracy']:.3f}, held-out acc {r['heldout_accuracy']:.3f} "
+        f"[{r['heldout_accuracy_ci95'][0]:.3f}, {r['heldout_accuracy_ci95'][1]:.3f}] "
         f"(distinct answers: {r['heldout_accuracy_distinct']:.3f}); saved to {a.out}"
     )
     return 0

@@ -209,7 +209,13 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_metrics(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from evaluators.datasets import load_dataset
-    from evaluators.report import Provenance, metrics_sections, report_name, unique_name, write_report
+    from evaluators.report import (
+        Provenance,
+        metrics_sections,
+        report_name,
+        unique_name,
+        write_report,
+    )
     from evaluators.runner import load_run
     from evaluators.scoring import check_results_match, score_by_task
 
@@ -280,7 +286,14 @@ def _agreement_note(args: argparse.Namespace, arbiter_name: str, jp_ref: str | N
 
 async def _sxs(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from evaluators.datasets import load_dataset
-    from evaluators.report import Provenance, ranking_sections, report_name, sxs_sections, unique_name, write_report
+    from evaluators.report import (
+        Provenance,
+        ranking_sections,
+        report_name,
+        sxs_sections,
+        unique_name,
+        write_report,
+    )
     from evaluators.runner import load_run, run_dataset
     from evaluators.sxs import (
         GatewayArbiter,
@@ -451,7 +464,14 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
         load_identity_templates,
         output_bias_report,
     )
-    from evaluators.report import Provenance, bias_sections, output_bias_sections, report_name, unique_name, write_report
+    from evaluators.report import (
+        Provenance,
+        bias_sections,
+        output_bias_sections,
+        report_name,
+        unique_name,
+        write_report,
+    )
 
     hc_scorer: Any = None
     if args.scorer == "default":

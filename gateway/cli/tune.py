@@ -5,7 +5,8 @@
     gatehouse tune sft     --data data/sft-v1 --base MODEL_DIR --out runs/sft-1 --registry .gatehouse/registry
     gatehouse tune dpo     --data data/prefs-v1 --base MODEL_DIR --out runs/dpo-1 --lora-r 8
     gatehouse tune distill safety --out runs/distill-safety
-    gatehouse tune reward  train --out runs/reward
+    gatehouse tune reward  train --out runs/reward --data $GATEHOUSE_DATA_DIR
+    gatehouse tune tiny-model models/tiny      # a ~60k-parameter chat LM built offline, for smoke runs
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ def _dataset(argv: list[str]) -> int:
     m = tds.build(a.kind, a.traffic, a.feedback, a.out, name=a.name, cfg=cfg, scorer=scorer, registry=reg, parents=a.parent)
     print(f"{a.kind} dataset {m['name']}: train {m['counts']['train']}, validation {m['counts']['validation']} "
           f"(content hash {m['content_hash'][:12]}) -> {a.out}")
-    print("curation: " + ", ".join(f"{k}={v}" for k, v in m["steps"].items()))
+    print("curation: " + ", ".join(f"{k}={v}" for k, v in m["steps"].items() if k != "dropped"))
+    dropped = {k: v for k, v in m["steps"]["dropped"].items() if v}
+    print("dropped: " + (", ".join(f"{k}={v}" for k, v in dropped.items()) or "nothing"))
+    if m["counts"]["train"] + m["counts"]["validation"] == 0:
+        print(f"gatehouse tune dataset: no {a.kind} example survived (see `dropped`)", file=sys.stderr)
+        return 1
     if "registry_id" in m:
         print(f"registered {m['registry_id']}")
     return 0
@@ -63,6 +69,16 @@ def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "dataset":
         return _dataset(rest)
+    if cmd == "tiny-model":
+        p = argparse.ArgumentParser(prog="gatehouse tune tiny-model", description="build a tiny chat LM (character tokenizer, "
+                                    "2-layer Llama) offline, for tests and smoke runs of the loop")
+        p.add_argument("out", help="model directory to write")
+        p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+        a = p.parse_args(rest)
+        from tuning.testing import build_tiny_lm
+
+        print(f"tiny model written to {build_tiny_lm(a.out, seed=a.seed)}")
+        return 0
     if cmd == "sft":
         from tuning.jobs.sft import main as run
     elif cmd == "dpo":
@@ -72,7 +88,7 @@ def main(argv: list[str]) -> int:
     elif cmd == "reward":
         from tuning.reward import main as run
     else:
-        print(f"gatehouse tune: unknown command {cmd!r}; use dataset, sft, dpo, distill or reward", file=sys.stderr)
+        print(f"gatehouse tune: unknown command {cmd!r}; use dataset, sft, dpo, distill, reward or tiny-model", file=sys.stderr)
         return 2
     return int(run(rest) or 0)
 

@@ -179,15 +179,25 @@ class LocalProvider:
 
         it = iter(streamer)
         sentinel = object()
+        pieces: list[str] = []
         try:
             while True:
                 piece = await loop.run_in_executor(None, next, it, sentinel)
                 if piece is sentinel:
                     break
                 if piece:
+                    pieces.append(str(piece))
                     yield [chunk(str(piece))]
             await fut
-            yield [chunk(None, "stop"), b"[DONE]"]
+            tail = [chunk(None, "stop")]
+            if (body.get("stream_options") or {}).get("include_usage"):
+                # exact counts from this model's own tokenizer, as a final usage-only chunk (OpenAI's shape)
+                pt = len(self._tok(prompt)["input_ids"])
+                ct = len(self._tok("".join(pieces), add_special_tokens=False)["input_ids"])
+                usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+                tail.append(orjson.dumps({"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
+                                          "created": created, "model": model, "choices": [], "usage": usage}))
+            yield [*tail, b"[DONE]"]
         finally:
             stop.set()
 

@@ -10,6 +10,7 @@ model                  behaviour
 ``error:STATUS``       fails with HTTP STATUS (``error:429`` sends Retry-After: 0)
 ``stream-then-drop``   streams a few chunks, then the connection breaks
 ``judge-longer``       an arbiter: answers JSON choosing the longer of two answers
+``no-usage:TEXT``      replies TEXT; its streams never send a usage chunk
 =====================  ==========================================================
 
 The same engine backs the loopback fake upstream used by the tests, so a fault
@@ -79,6 +80,8 @@ def judge_longer(body: dict[str, Any]) -> str:
 def reply_text(model: str, body: dict[str, Any]) -> str:
     if model.startswith("fixed:"):
         return model[len("fixed:"):]
+    if model.startswith("no-usage:"):
+        return model[len("no-usage:"):]
     if model.startswith("words:"):
         n = int(model[len("words:"):] or 16)
         return " ".join(WORDS[i % len(WORDS)] for i in range(n))
@@ -177,7 +180,7 @@ class MockEngine:
             await asyncio.sleep(0)
         yield chunk(None, "stop")
         opts = body.get("stream_options") or {}
-        if opts.get("include_usage"):
+        if opts.get("include_usage") and not model.startswith("no-usage:"):
             pt, ct = prompt_tokens(body), count_tokens(text)
             usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
             obj = "chat.completion.chunk" if chat else "text_completion"

@@ -281,6 +281,16 @@ def train_loop(
     return TrainResult(step, losses, resumed, time.time() - t0, saved)
 
 
+def default_model_name(registry: Any, dataset_id: str | None, fallback: str) -> str:
+    """A model is named after the registered dataset it was trained on (``dataset:assistant-sft:…`` →
+    ``model:assistant-sft:…``), as the docs write it; ``--name`` overrides."""
+    if registry is not None and dataset_id:
+        art = registry.get(dataset_id)
+        if art is not None:
+            return str(art.name)
+    return fallback
+
+
 def register_run(
     registry: Any,
     *,
@@ -293,10 +303,21 @@ def register_run(
     result: TrainResult,
     extra: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
-    """Register dataset -> job -> model (and base model -> job); returns (job id, model id)."""
+    """Register dataset -> job -> model (and base model -> job); returns (job id, model id).
+
+    The base model is linked, never re-registered, when it is a registered id or the directory of a
+    registered model (recognised by content). Rerunning a finished job (same output model, same name)
+    returns the job that made it instead of adding a second one."""
+    from tuning.registry import hash_path
+
+    for prior in registry.find_by_hash("model", hash_path(model_dir)):
+        if prior.name == model_name and prior.parents:
+            job = registry.get(prior.parents[0])
+            if job is not None and job.kind == "job" and job.metadata.get("job") == job_kind:
+                return job.id, prior.id
     parents = [dataset_id] if dataset_id else []
     base_ref = str(base_model)
-    base_art = registry.get(base_ref) if ":" in base_ref else None
+    base_art = registry.recognise("model", base_ref) if (":" in base_ref or Path(base_ref).exists()) else None
     if base_art is None and Path(base_ref).is_dir():
         base_art = registry.register("model", base_ref, name=Path(base_ref).name, metadata={"role": "base"}, copy=False)
     if base_art is not None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tuning.jobs.common import (
     TrainConfig,
     batch_indices,
+    default_model_name,
     encode_chat,
     make_optimizer,
     pad_batch,
@@ -63,7 +64,7 @@ def run(
     beta: float = 0.1,
     registry: Any = None,
     dataset_id: str | None = None,
-    model_name: str = "dpo",
+    model_name: str | None = None,
     resume: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
@@ -113,8 +114,8 @@ def run(
     }
     if registry is not None:
         job_id, model_id = register_run(
-            registry, job_kind="dpo", dataset_id=dataset_id, base_model=base, model_dir=model_dir,
-            model_name=model_name, cfg=cfg, result=result, extra={"beta": beta},
+            registry, job_kind="dpo", dataset_id=dataset_id, base_model=base_model, model_dir=model_dir,
+            model_name=model_name or default_model_name(registry, dataset_id, "dpo"), cfg=cfg, result=result, extra={"beta": beta},
         )
         summary.update(job_id=job_id, model_id=model_id)
     (out / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         from tuning.registry import Registry
 
         reg = Registry(a.registry)
-    s = run(a.data, a.base, a.out, config_from_args(a), beta=a.beta, registry=reg, model_name=a.name or "dpo", resume=not a.no_resume)
+    s = run(a.data, a.base, a.out, config_from_args(a), beta=a.beta, registry=reg, model_name=a.name, resume=not a.no_resume)
     print(f"dpo: {s['steps']} steps, loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}; model at {s['model_dir']}")
     if "model_id" in s:
         print(f"registered {s['job_id']} -> {s['model_id']}")

@@ -23,6 +23,7 @@ import torch
 from tuning.jobs.common import (
     TrainConfig,
     batch_indices,
+    default_model_name,
     encode_chat,
     load_causal_lm,
     make_optimizer,
@@ -53,13 +54,18 @@ def prepare_job(
     data: str | Path, base_model: str | Path, out: str | Path, cfg: TrainConfig, registry: Any, dataset_id: str | None
 ) -> tuple[Path, Path, str | None, Path, Any, Any, Any]:
     """What every LM job starts with: (out dir, data path, dataset id, base model dir, device,
-    model, tokenizer). An unregistered dataset directory with a manifest is registered."""
+    model, tokenizer). A dataset directory that is already registered (by ``tune dataset``) is
+    recognised by its content and linked; only an unregistered one with a manifest is registered."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path, found_id = resolve_data(data, registry)
     dataset_id = dataset_id or found_id
-    if registry is not None and dataset_id is None and Path(data).is_dir() and (Path(data) / "manifest.json").exists():
-        dataset_id = registry.register("dataset", data, name=Path(data).name).id
+    if registry is not None and dataset_id is None and Path(data).exists():
+        known = registry.recognise("dataset", data)
+        if known is not None:
+            dataset_id = known.id
+        elif Path(data).is_dir() and (Path(data) / "manifest.json").exists():
+            dataset_id = registry.register("dataset", data, name=Path(data).name).id
     base = Path(registry.resolve(str(base_model)).path) if registry is not None and not Path(base_model).exists() else Path(base_model)
     seed_everything(cfg.seed)
     device = pick_device()
@@ -80,7 +86,7 @@ def run(
     *,
     registry: Any = None,
     dataset_id: str | None = None,
-    model_name: str = "sft",
+    model_name: str | None = None,
     resume: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
@@ -104,8 +110,8 @@ def run(
     }
     if registry is not None:
         job_id, model_id = register_run(
-            registry, job_kind="sft", dataset_id=dataset_id, base_model=base, model_dir=model_dir,
-            model_name=model_name, cfg=cfg, result=result,
+            registry, job_kind="sft", dataset_id=dataset_id, base_model=base_model, model_dir=model_dir,
+            model_name=model_name or default_model_name(registry, dataset_id, "sft"), cfg=cfg, result=result,
         )
         summary.update(job_id=job_id, model_id=model_id)
     (out / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -123,7 +129,7 @@ def add_train_args(p: argparse.ArgumentParser, *, lr: float = 5e-4) -> None:
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--name", default=None, help="registered model name")
+    p.add_argument("--name", default=None, help="registered model name (default: the registered dataset's name)")
     p.add_argument("--registry", help="registry directory to record dataset -> job -> model")
 
 
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         from tuning.registry import Registry
 
         reg = Registry(a.registry)
-    s = run(a.data, a.base, a.out, config_from_args(a), registry=reg, model_name=a.name or "sft", resume=not a.no_resume)
+    s = run(a.data, a.base, a.out, config_from_args(a), registry=reg, model_name=a.name, resume=not a.no_resume)
     print(f"sft: {s['steps']} steps, loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}; model at {s['model_dir']}")
     if "model_id" in s:
         print(f"registered {s['job_id']} -> {s['model_id']}")
