@@ -77,6 +77,10 @@ HOT_PATHS: dict[str, api.Endpoint] = {
 }
 LARGE_BODY = 256 * 1024  # bytes: bodies this large are parsed and serialised in a worker thread
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+CONSOLE_PREFIX = "/console"  # the web console signs its users in itself (gateway.console)
+# scope key the console sets on in-process requests: the Caller it runs them as. Only code
+# in this process can put it there; an HTTP client controls headers, never scope keys.
+INTERNAL_CALLER = "gatehouse.internal_caller"
 STAGE_MODULES = ("gateway.prompts", "gateway.grounding", "gateway.cache", "gateway.guardrails")
 
 
@@ -454,6 +458,17 @@ class Authenticate:
         if path in OPEN_PATHS or (path == "/metrics" and self.rt.settings.auth.public_metrics):
             await self.app(scope, receive, send)
             return
+        internal = scope.get(INTERNAL_CALLER)
+        if internal is not None:
+            scope["state"]["caller"] = internal
+            record = scope["state"].get("record")
+            if record is not None:
+                record.tenant, record.key_id = internal.tenant, internal.key_id
+            await self.app(scope, receive, send)
+            return
+        if self.rt.settings.console.enabled and (path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")):
+            await self.app(scope, receive, send)  # cookie sessions, roles and CSRF: gateway.console
+            return
         key = bearer(scope["headers"])
         if path.startswith("/admin"):
             admin = self.rt.settings.admin.key.get_secret_value() if self.rt.settings.admin.key else os.environ.get("GATEHOUSE_ADMIN_KEY")
@@ -658,6 +673,10 @@ class Gatehouse:
         self.runtime = rt = Runtime(settings, config_path, transport, span_exporter)
         self.starlette = build_starlette(rt)
         self.stack: ASGIApp = RequestIdAndErrors(Authenticate(RateLimit(Budget(Dispatch(rt, self._fallback), rt), rt), rt), rt)
+        if settings.console.enabled:
+            from gateway.console import console_routes
+
+            self.starlette.router.routes.extend(console_routes(self))
 
     async def _fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.starlette(scope, receive, send)  # type: ignore[arg-type]  # our Send takes dict, Starlette's MutableMapping

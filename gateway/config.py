@@ -313,6 +313,30 @@ class RegistrySettings(Strict):
     path: str = ".gatehouse/registry"
 
 
+class ConsoleUser(Strict):
+    """A console user kept in the config (auth.store: config); its password as an scrypt hash
+    (``gatehouse console hash-password``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    role: Literal["viewer", "editor"] = "viewer"
+    tenant: str | None = None  # set: the user sees only this tenant's traffic
+    password_hash: str = Field(pattern=r"^scrypt\$")
+
+
+class ConsoleSettings(Strict):
+    """The web console at /console (gateway.console); off unless enabled."""
+
+    enabled: bool = False
+    session_ttl_seconds: int = Field(8 * 3600, ge=60, le=7 * 24 * 3600)
+    # Secure cookies: browsers keep them on https and on http://localhost / 127.0.0.1
+    cookie_secure: bool = True
+    db_path: str = ".gatehouse/console.db"  # sessions and the append-only audit log
+    reports_dir: str = "reports"  # evaluation reports (`gatehouse eval ... --report-dir`)
+    max_form_bytes: int = Field(256 * 1024, ge=1024)
+    traffic_scan: int = Field(20_000, ge=100)  # newest records the traffic page filters
+    users: tuple[ConsoleUser, ...] = ()
+
+
 class Settings(Strict):
     server: ServerSettings = ServerSettings()
     limits: LimitSettings = LimitSettings()
@@ -334,6 +358,7 @@ class Settings(Strict):
     cost: CostSettings = CostSettings()
     budgets: BudgetSettings = BudgetSettings()
     tracing: TracingSettings = TracingSettings()
+    console: ConsoleSettings = ConsoleSettings()
     # where relative paths in this file are resolved from (set by the loader)
     base_dir: str = "."
 

@@ -195,6 +195,10 @@ class TrafficLog:
             self.dropped += 1
             self.metrics.log_dropped.inc()
 
+    def recent(self) -> list[TrafficRecord]:
+        """Records this process emitted lately, oldest first (the sink may not have them yet)."""
+        return list(self._recent.values())
+
     async def lookup(self, request_id: str) -> dict[str, Any] | None:
         """The record of a request: from memory if recent, else from the sink."""
         rec = self._recent.get(request_id)
