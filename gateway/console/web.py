@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.console.store import ConsoleStore, Session, csrf_ok
 from gateway.console.users import UserStore
+from gateway.errors import GatewayError
 
 HERE = Path(__file__).parent
 COOKIE = "gatehouse_console"
@@ -118,7 +119,8 @@ class Console:
         return await self.store.session(request.cookies.get(COOKIE))
 
     async def form(self, request: Request) -> Form:
-        """An url-encoded form, read up to ``console.max_form_bytes`` (413 past it)."""
+        """An url-encoded form, read up to ``console.max_form_bytes`` (413 past it); the gateway's
+        ``limits.max_control_body_bytes`` applies too (the outer middleware enforces it)."""
         limit = self.cfg.max_form_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -127,10 +129,13 @@ class Console:
         if ctype not in ("application/x-www-form-urlencoded", ""):
             raise ConsoleError(415, "Forms must be sent as application/x-www-form-urlencoded.")
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ConsoleError(413, f"The form is larger than {limit} bytes (console.max_form_bytes).")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ConsoleError(413, f"The form is larger than {limit} bytes (console.max_form_bytes).")
+        except GatewayError as exc:  # the gateway's own body limit (limits.max_control_body_bytes)
+            raise ConsoleError(exc.status, exc.message) from None
         try:
             return Form(parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=500))
         except (UnicodeDecodeError, ValueError) as exc:
