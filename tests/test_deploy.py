@@ -61,6 +61,12 @@ EXTRA_METRICS = {
     "gatehouse_log_sink_errors_total",  # gateway/metrics.py
     "gatehouse_ratelimit_decisions_total",  # gateway/ratelimit.py
     "gatehouse_cache_requests_total",  # gateway/cache.py
+    "gatehouse_cost_total",  # gateway/cost.py
+    "gatehouse_budget_used_ratio",  # gateway/budgets.py
+    "gatehouse_budget_decisions_total",
+    "gatehouse_budget_threshold_crossed_total",
+    "gatehouse_budget_redis_errors_total",
+    "gatehouse_tracing_exported_spans_total",  # gateway/tracing.py
 }
 PROMETHEUS_BUILTINS = {"up", "ALERTS"}
 HEALTH_PATHS = {"/healthz", "/readyz"}
@@ -301,7 +307,8 @@ def test_rules_and_dashboard_use_only_exported_metrics() -> None:
     assert used - allowed == set(), f"unknown metrics referenced: {sorted(used - allowed)}"
     # the alerts the brief asks for all exist
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
-    for needed in ("HighErrorRate", "HighP99Latency", "BlockRateSpike", "LogRecordsDropped", "CircuitOpen", "RedisDown"):
+    for needed in ("HighErrorRate", "HighP99Latency", "BlockRateSpike", "LogRecordsDropped", "CircuitOpen", "RedisDown",
+                   "BudgetExhaustionForecast", "TracingExportFailing"):
         assert f"Gatehouse{needed}" in alerts
     # the extras are really defined in the gateway's source
     src = "\n".join(p.read_text() for p in (ROOT / "gateway").rglob("*.py"))
