@@ -172,8 +172,17 @@ class Tracing:
         span.set_attributes(a)
 
     # --- children ---------------------------------------------------------------------
+    # An unsampled request creates no child spans at all (sampling 0.01 then costs next to
+    # nothing): each hook first asks whether the current span records.
+    @staticmethod
+    def recording() -> bool:
+        return trace.get_current_span().is_recording()
+
     @contextmanager
     def span(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
+        if not self.recording():
+            yield None
+            return
         with self.tracer.start_as_current_span(name, attributes=attributes, record_exception=False) as s:
             try:
                 yield s
@@ -183,6 +192,9 @@ class Tracing:
 
     async def admission(self, name: str, run: Any, app: Any) -> None:
         """Span from a middleware's entry until it lets the request through (``run(inner_app)``)."""
+        if not self.recording():
+            await run(app)
+            return
         span = self.tracer.start_span(name)
         ended = False
 
@@ -219,6 +231,10 @@ class Tracing:
 
     def attempt(self, arm: Arm, endpoint: str, retry: int, fallback: bool) -> Any:
         """A CLIENT span for one upstream attempt; current (so its traceparent goes upstream) until ``end_attempt``."""
+        if not self.recording():  # still tell the upstream which (unsampled) trace this is
+            carrier: dict[str, str] = {}
+            self.propagator.inject(carrier)
+            return None, TRACEPARENT.set(carrier.get("traceparent"))
         t = arm.target
         op = OPERATION.get(endpoint, endpoint)
         span = self.tracer.start_span(f"{op} {t.model}", kind=SpanKind.CLIENT, attributes={
@@ -227,7 +243,7 @@ class Tracing:
             "gatehouse.retry": retry, "gatehouse.fallback": fallback,
             **({"server.address": t.base_url} if t.base_url else {}),
         })
-        carrier: dict[str, str] = {}
+        carrier = {}
         self.propagator.inject(carrier, context=trace.set_span_in_context(span))
         token = TRACEPARENT.set(carrier.get("traceparent"))
         return span, token
@@ -236,6 +252,8 @@ class Tracing:
     def end_attempt(handle: Any, failure: Any | None) -> None:
         span, token = handle
         TRACEPARENT.reset(token)
+        if span is None:
+            return
         if failure is None:
             span.set_attribute("gatehouse.upstream.status", "ok")
         else:
@@ -271,6 +289,8 @@ class TracedStage:
         return result
 
     async def _traced(self, name: str, ctx: RequestContext, coro: Any) -> Any:
+        if not self._tracing.recording():
+            return await coro
         n = len(ctx.record.verdicts)
         with self._tracing.span(name):
             try:
@@ -280,7 +300,7 @@ class TracedStage:
 
     def stream_filter(self, ctx: RequestContext) -> Any:
         f = self._stage.stream_filter(ctx)
-        return None if f is None else TracedFilter(f, ctx, self._tracing)
+        return f if f is None or not self._tracing.recording() else TracedFilter(f, ctx, self._tracing)
 
 
 class TracedFilter:

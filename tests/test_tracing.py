@@ -257,3 +257,24 @@ def test_exporter_failures_are_counted(fake_upstream: tuple[str, Any], tmp_path:
     text = app.runtime.metrics.render()[0].decode()
     line = next(ln for ln in text.splitlines() if ln.startswith('gatehouse_tracing_exported_spans_total{result="failure"}'))
     assert float(line.split()[-1]) > 0
+
+
+def test_unsampled_request_makes_no_spans_but_still_propagates(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "x", "object": "chat.completion", "created": 0, "model": "up",
+                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
+
+    exporter = Exporter()
+    log = tmp_path / "t.jsonl"
+    settings = make_settings([{"name": "m", "targets": [target("http://up.invalid", "gpt-x", name="x")]}],
+                             tracing={"sample_ratio": 0.0}, traffic_log={"sink": "jsonl", "path": str(log)})
+    with gateway(settings, transport=httpx.MockTransport(handler), span_exporter=exporter) as (url, app):
+        r = httpx.post(url + "/v1/chat/completions", headers=AUTH, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+    assert exporter.get_finished_spans() == ()
+    _, trace_id, _, flags = seen[0].headers["traceparent"].split("-")
+    assert not int(flags, 16) & 1  # not sampled: the upstream may not record it either
+    assert orjson.loads(log.read_text().splitlines()[0])["trace_id"] == trace_id
