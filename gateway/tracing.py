@@ -30,6 +30,7 @@ Export: OTLP/HTTP (protobuf) through a ``BatchSpanProcessor``; every export coun
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -88,6 +89,7 @@ def _getter_headers(scope: dict[str, Any]) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in (b"traceparent", b"tracestate")}
 
 
+
 class RequestSpan:
     __slots__ = ("span", "token")
 
@@ -115,6 +117,8 @@ class Tracing:
         self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer("gatehouse")
         self.propagator = TraceContextTextMapPropagator()
+        self.ratio = cfg.sample_ratio
+        self._random = random.random
         self.providers: dict[str, str] = {}
         self.reload(settings)
 
@@ -126,8 +130,17 @@ class Tracing:
         self.provider.shutdown()
 
     # --- the request span -------------------------------------------------------------
-    def start_request(self, scope: dict[str, Any], record: TrafficRecord | None) -> RequestSpan:
-        parent = self.propagator.extract(_getter_headers(scope))
+    def start_request(self, scope: dict[str, Any], record: TrafficRecord | None) -> RequestSpan | None:
+        """The server span, or None for a request that starts no trace.
+
+        Head sampling at the edge: a request without an incoming ``traceparent`` that loses the
+        ``sample_ratio`` draw gets no span objects at all (no trace id in its record, no
+        ``traceparent`` upstream), so a low ratio costs next to nothing. A request with a
+        ``traceparent`` follows its parent's sampling decision through the SDK."""
+        headers = _getter_headers(scope)
+        if not headers and self.ratio < 1.0 and self._random() >= self.ratio:
+            return None
+        parent = self.propagator.extract(headers)
         path = scope["path"]
         span = self.tracer.start_span(f"{scope['method']} {path}", context=parent, kind=SpanKind.SERVER,
                                       attributes={"http.request.method": scope["method"], "url.path": path})

@@ -259,7 +259,9 @@ def test_exporter_failures_are_counted(fake_upstream: tuple[str, Any], tmp_path:
     assert float(line.split()[-1]) > 0
 
 
-def test_unsampled_request_makes_no_spans_but_still_propagates(tmp_path: Path) -> None:
+def test_unsampled_requests_make_no_spans(tmp_path: Path) -> None:
+    """Sampling 0: a request with no traceparent starts no trace at all; one whose caller did not
+    sample its trace creates no spans either, but still passes the trace on upstream."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -271,10 +273,14 @@ def test_unsampled_request_makes_no_spans_but_still_propagates(tmp_path: Path) -
     log = tmp_path / "t.jsonl"
     settings = make_settings([{"name": "m", "targets": [target("http://up.invalid", "gpt-x", name="x")]}],
                              tracing={"sample_ratio": 0.0}, traffic_log={"sink": "jsonl", "path": str(log)})
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with gateway(settings, transport=httpx.MockTransport(handler), span_exporter=exporter) as (url, app):
-        r = httpx.post(url + "/v1/chat/completions", headers=AUTH, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 200
+        assert httpx.post(url + "/v1/chat/completions", headers=AUTH, json=body).status_code == 200
+        parent = {**AUTH, "traceparent": f"00-{TRACE_ID}-{PARENT}-00"}
+        assert httpx.post(url + "/v1/chat/completions", headers=parent, json=body).status_code == 200
     assert exporter.get_finished_spans() == ()
-    _, trace_id, _, flags = seen[0].headers["traceparent"].split("-")
-    assert not int(flags, 16) & 1  # not sampled: the upstream may not record it either
-    assert orjson.loads(log.read_text().splitlines()[0])["trace_id"] == trace_id
+    assert "traceparent" not in seen[0].headers
+    _, trace_id, _, flags = seen[1].headers["traceparent"].split("-")
+    assert trace_id == TRACE_ID and not int(flags, 16) & 1  # not sampled: the upstream may not record it either
+    recs = [orjson.loads(line) for line in log.read_text().splitlines()]
+    assert [r["trace_id"] for r in recs] == [None, TRACE_ID]

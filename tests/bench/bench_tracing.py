@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps({"params": vars(args), "summary": summary, "markdown": table}, indent=2))
         return 0
+    except Exception:
+        for p in procs.items:
+            print(f"--- {p.name} log tail ---\n{p.tail(15)}", file=sys.stderr)
+        raise
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
