@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gatehouse")
 OVERHEAD_HEADER = b"x-gatehouse-overhead-ms"
+TRACED = "traced"  # scope state: this request has a server span
 
 
 async def loop_run(fn: Callable[[], Any]) -> Any:
@@ -383,6 +384,7 @@ class RequestIdAndErrors:
         if record is not None:
             rt.metrics.inflight.inc()
         span = rt.tracing.start_request(scope, record) if rt.tracing is not None and record is not None else None
+        state[TRACED] = span is not None  # the inner hooks skip tracing for a request with no trace
         try:
             receive = self._bounded(scope, receive, endpoint is not None)
             await self.app(scope, receive, send_with_id)
@@ -485,7 +487,7 @@ class Authenticate:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
                 code="missing_api_key",
             )
-        if self.rt.tracing is None:
+        if self.rt.tracing is None or not scope["state"].get(TRACED):
             caller = await self.rt.keys.lookup(key)
         else:
             with self.rt.tracing.span("gatehouse.auth"):
@@ -514,7 +516,7 @@ class RateLimit:
         if limiter is None or caller is None or scope["path"] not in HOT_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.rt.tracing is None:
+        if self.rt.tracing is None or not scope["state"].get(TRACED):
             await limiter.admit(scope, receive, send, caller, self.app)
             return
         await self.rt.tracing.admission("gatehouse.rate_limit", lambda inner: limiter.admit(scope, receive, send, caller, inner), self.app)
@@ -533,7 +535,7 @@ class Budget:
         if budgets is None or caller is None or scope["path"] not in HOT_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.rt.tracing is None:
+        if self.rt.tracing is None or not scope["state"].get(TRACED):
             await budgets.admit(scope, receive, send, caller, self.app)
             return
         await self.rt.tracing.admission("gatehouse.budget", lambda inner: budgets.admit(scope, receive, send, caller, inner), self.app)
