@@ -353,7 +353,8 @@ class Budgets:
                 micro = max(0, math.ceil(hold * MICRO))
                 ok, idx, committed = await self.backend.reserve(rid, buckets, micro)
         except Exception as exc:
-            return self._degrade("reserve", exc)
+            self._degrade("reserve", exc)  # raises 503 unless failures open
+            return None
         self._ok()
         if ok:
             self._decisions.labels("allowed").inc()
@@ -442,7 +443,7 @@ class Budgets:
         self._failed(op, exc)
         if self.cfg.on_redis_error == "open":
             self._decisions.labels("degraded").inc()
-            return None
+            return
         self._decisions.labels("unavailable").inc()
         raise GatewayError(ErrorKind.UNAVAILABLE, "budget store unavailable (Redis); try again shortly") from exc
 

@@ -112,6 +112,7 @@ def test_streams_embeddings_and_completions_are_budgeted(fake_upstream: tuple[st
             _post(url, "sk-mate", stream=True),
             _post(url, "sk-small", path="/v1/completions", prompt="hi"),
             _post(url, "sk-small", path="/v1/embeddings", model="emb", input="hi"),
+            _post(url, "sk-small", path="/v1/moderations", input="hi"),
         ]
         for r in refused:
             assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text

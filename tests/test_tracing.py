@@ -78,7 +78,7 @@ def _by_name(spans: tuple[ReadableSpan, ...] | list[ReadableSpan], name: str) ->
 def test_span_tree_and_genai_attributes(fake_upstream: tuple[str, Any], tmp_path: Path, prefix: str) -> None:
     up, _ = fake_upstream
     exporter = Exporter()
-    with gateway(_settings(up, tmp_path, prefix), span_exporter=exporter) as (url, app):
+    with gateway(_settings(up, tmp_path, prefix), span_exporter=exporter) as (url, _app):
         headers = {**AUTH, "traceparent": f"00-{TRACE_ID}-{PARENT}-01"}
         r = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=30,
                        json={"model": "m", "messages": [{"role": "user", "content": "tell me about globex"}]})
@@ -177,14 +177,17 @@ def test_tracing_off_builds_nothing(fake_upstream: tuple[str, Any], tmp_path: Pa
 
 class Receiver:
     def __init__(self) -> None:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
 
         self.requests: list[Any] = []
         self.paths: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 req = ExportTraceServiceRequest()
                 req.ParseFromString(body)
@@ -274,7 +277,7 @@ def test_unsampled_requests_make_no_spans(tmp_path: Path) -> None:
     settings = make_settings([{"name": "m", "targets": [target("http://up.invalid", "gpt-x", name="x")]}],
                              tracing={"sample_ratio": 0.0}, traffic_log={"sink": "jsonl", "path": str(log)})
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    with gateway(settings, transport=httpx.MockTransport(handler), span_exporter=exporter) as (url, app):
+    with gateway(settings, transport=httpx.MockTransport(handler), span_exporter=exporter) as (url, _app):
         assert httpx.post(url + "/v1/chat/completions", headers=AUTH, json=body).status_code == 200
         parent = {**AUTH, "traceparent": f"00-{TRACE_ID}-{PARENT}-00"}
         assert httpx.post(url + "/v1/chat/completions", headers=parent, json=body).status_code == 200

@@ -18,7 +18,6 @@ spread of the "off" rounds is printed as the noise band.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
