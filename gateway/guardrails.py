@@ -642,15 +642,12 @@ def _check_guard_routes(policies: PolicySet, settings: Any) -> None:
 
 def _warn_unscored(policies: PolicySet, scorer: Any) -> None:
     """Say which thresholds can never fire: the scorer does not produce their category
-    (the default minilm-head scores only toxicity and identity_attack)."""
-    labels = set(getattr(scorer, "labels", ()))
-    unscored = sorted({
-        f"{r.id}:{category}" for r in policies.rules for c in r.checks if c.type == "safety"
-        for category in getattr(c.spec, "thresholds", {}) if category not in labels
-    })
-    if labels and unscored:
-        log.warning("safety scorer %s does not score %s: those thresholds never fire (scored: %s)",
-                    getattr(scorer, "name", "?"), ", ".join(unscored), ", ".join(sorted(labels)))
+    (``gatehouse policy check`` refuses them; see policies.coverage)."""
+    from policies.coverage import uncovered
+
+    categories = frozenset(getattr(scorer, "categories", None) or getattr(scorer, "labels", ()))
+    for problem in uncovered(policies, (getattr(scorer, "name", "?"), categories)):
+        log.warning("%s", problem)
 
 
 class _ModelLoader:

@@ -412,3 +412,40 @@ def test_end_to_end_openai_sdk_through_gateway(built, embedder, fake_upstream, t
         )
         assert raw.headers["x-gatehouse-prompt"] == "tutor@2"
         assert upstream.requests[-1]["messages"][0]["content"] == "You coach expert learners."
+
+
+async def test_passages_are_checked_before_they_are_injected(built, embedder):
+    """Rules scoped to the `grounding` role run on each retrieved passage; a blocked
+    passage is dropped (the request goes on), and the verdict names the passage."""
+    from gateway.guardrails import GuardrailStage
+    from policies import Engine, PolicySet
+
+    out, _ = built
+    policy = """\
+id: g
+version: 1
+owner: tests
+rules:
+  - id: poisoned-passages
+    direction: input
+    roles: [grounding]
+    checks: [{type: regex, deny: ['spring tides']}]
+"""
+    guard = GuardrailStage(Engine(PolicySet.from_texts([("g.yaml", policy)])))
+    settings = parse_settings({
+        "grounding": {"indexes": {"docs": str(out)}},
+        "routes": [{"name": "grounded", "grounding": {"top_k": 3}, "targets": [{"provider": "mock", "model": "echo"}]}],
+    })
+    services = SimpleNamespace(settings=settings, redis=None, embedder=lambda: ThreadEmbedder(embedder), passage_check=guard.check_passages)
+    stage = await build_stage(services)
+    try:
+        ctx = ctx_for({"model": "grounded", "messages": [{"role": "user", "content": "What causes spring tides?"}]})
+        await stage.on_request(ctx)  # the user's own "spring tides" is not a grounding passage: no block
+        injected = ctx.body["messages"][0]["content"]
+        info = ctx.state["grounding"]
+        assert info["dropped"] and "spring tides" not in injected.lower()
+        assert len(info["chunks"]) == 3 - len(info["dropped"]) and ctx.record.grounding_chunk_ids == [c["id"] for c in info["chunks"]]
+        fired = [v for v in ctx.record.verdicts if v.action == "block"]
+        assert fired and all(v.rule == "poisoned-passages" and v.detail["role"] == "grounding" for v in fired)
+    finally:
+        await stage.aclose()

@@ -443,3 +443,35 @@ def test_cli_explain_schema_and_dry_run(capsys: pytest.CaptureFixture[str]) -> N
     assert data["action"] == "redact" and data["redacted_text"] == "write to [EMAIL]"
     assert policy_cli([*args, "--direction", "output", "--text", "key sk-abcdefghijklmnopqrstuvwx"]) == 0
     assert json.loads(capsys.readouterr().out)["action"] == "block"
+
+
+def test_cli_check_refuses_a_category_no_configured_scorer_produces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli.policy import main
+    from policies.coverage import uncovered
+
+    f = tmp_path / "jb.yaml"
+    f.write_text("""\
+id: jb
+version: 1
+owner: me
+rules:
+  - id: block-harms
+    direction: input
+    checks:
+      - type: safety
+        thresholds: {threat: 0.5, toxicity: 0.8}
+      - type: llama_guard
+        route: guard
+        categories: [violence, jailbreak]
+""")
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("safety: {backend: minilm-head}\n")
+    assert main(["check", "--config", str(cfg), str(f)]) == 1
+    err = capsys.readouterr().err
+    assert f"{f}:5: rule block-harms, checks[0] (safety): no configured scorer produces `threat`" in err
+    assert "produced by: safety.backend detoxify, a `moderation` check" in err  # the scorers that would
+    assert "checks[1] (llama_guard): no configured scorer produces `jailbreak`" in err and "2 problem(s)" in err
+    # a scorer that produces both passes
+    policies = PolicySet.load([f])
+    left = uncovered(policies, ("full", frozenset({"threat", "toxicity"})))
+    assert [(u.check_type, u.category) for u in left] == [("llama_guard", "jailbreak")]

@@ -25,8 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatehouse policy", description="Check, explain and dry-run policy documents.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    c = sub.add_parser("check", help="validate policy files; every error with file:line:column")
+    c = sub.add_parser(
+        "check",
+        help="validate policy files; every error with file:line:column, and every threshold no configured scorer produces",
+    )
     c.add_argument("files", nargs="+", help="policy files or directories")
+    c.add_argument(
+        "--config", type=Path, default=None,
+        help="gateway config whose safety scorer the thresholds are checked against (default: the default scorer)",
+    )
 
     e = sub.add_parser("explain", help="print the rules that apply to a tenant, model and key")
     e.add_argument("--tenant", required=True)
@@ -75,11 +82,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
         return 1
     if args.cmd == "check":
+        problems = _coverage(policies, args.config)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} problem(s)", file=sys.stderr)
+            return 1
         print(f"ok: {len(policies.documents)} policies, {len(policies.rules)} rules, version {policies.version}")
         return 0
     if args.cmd == "explain":
         return _explain(policies, args)
     return asyncio.run(_dry_run(policies, args))
+
+
+def _coverage(policies: PolicySet, config: Path | None) -> list[Any]:
+    from policies.coverage import uncovered
+
+    if not policies.needs("safety") and not policies.guard_routes():
+        return []
+    from gateway.config import Settings, load_settings
+
+    settings = load_settings(config) if config else Settings()
+    local = _local_categories(settings) if policies.needs("safety") else None
+    return uncovered(policies, local)
+
+
+def _local_categories(settings: Any) -> tuple[str, frozenset[str]] | None:
+    """The configured scorer's name and categories; the shipped head's without loading MiniLM."""
+    backend = settings.safety.backend
+    if backend == "none":
+        return None
+    if backend == "minilm-head":
+        from evaluators.safety.head import Head, sha256_file
+        from evaluators.safety.minilm_head import DEFAULT_HEAD
+
+        path = settings.resolve_path(settings.safety.head) if settings.safety.head else DEFAULT_HEAD
+        return f"minilm-head@{sha256_file(path)[:12]}", frozenset(Head.load(path).labels)
+    from evaluators.safety import load_scorer
+
+    scorer = load_scorer(settings.safety, settings.base_dir)
+    return str(scorer.name), frozenset(scorer.categories)
 
 
 def _explain(policies: PolicySet, args: argparse.Namespace) -> int:
