@@ -9,10 +9,16 @@ One run starts, each as its own process on loopback:
    (one event per word);
 2. gateway ``off``: ``python -m gateway serve``, one ``openai`` route to the mock,
    no policies, ``safety: {backend: none}``;
-3. gateway ``on``: the same plus one policy: input safety (block), input PII
-   (redact), output safety + recitation (block), hold-back 160/160 chars; default
-   ``safety: {backend: minilm-head}``; a recitation index built into the temp dir
-   from ``gateway/demo_corpus/`` with ``python -m gateway recitation build``.
+3. gateway ``on``: the same plus the **full check set** of issue #12: the default
+   ``categories`` scorer on input (every harm category, jailbreak and prompt
+   injection, legacy toxicity; language detection with ``unscored_language: flag``)
+   and on tool results (injection), input PII (redact), output categories (reply text
+   and tool-call arguments) + recitation (block), hold-back 160/160 chars; a
+   recitation index built into the temp dir from ``gateway/demo_corpus/`` with
+   ``python -m gateway recitation build``;
+4. gateway ``legacy`` (skip with ``--no-legacy``): the check set before #12, the
+   toxicity-only ``minilm-head`` with the same PII and recitation checks, so the
+   full set's cost is compared with today's in the same run.
 
 Then, round by round (order alternating, so drift on a shared machine hits both):
 
@@ -20,8 +26,11 @@ Then, round by round (order alternating, so drift on a shared machine hits both)
   per percentile, per round;
 - c=1 streaming: the same, measuring TTFT (first non-empty content delta) and total
   stream time; added TTFT = what the hold-back window costs;
-- c=16 non-streaming throughput, off and on; ``/metrics`` of ``on`` is scraped before
-  and after to get the mean ``gatehouse_guardrail_batch_size`` (micro-batching) and
+- c=16 non-streaming throughput, off, on and legacy, with each gateway process's CPU
+  time per request; printed as **ratios to guardrails-off** measured in the same round
+  (CPU per request on/off, throughput on/off; and legacy/off, on/legacy);
+  ``/metrics`` of ``on`` is scraped before and after to get the mean
+  ``gatehouse_guardrail_batch_size`` (micro-batching) and
   ``gatehouse_guardrail_latency_seconds`` per check in that phase.
 
 Every user message is distinct (a counter and varied wording), so no embedding is
@@ -152,7 +161,28 @@ def serve_upstream(port: int) -> None:
 
 # ---- configs --------------------------------------------------------------------------------------
 
-POLICY = {
+HARMS = {"violence": 0.5, "crime": 0.5, "self_harm": 0.5, "sexual": 0.5, "sexual_minors": 0.3, "hate": 0.5,
+         "threat": 0.5, "jailbreak": 0.5, "prompt_injection": 0.5, "toxicity": 0.8, "identity_attack": 0.7}
+POLICY = {  # the full check set (issue #12)
+    "id": "bench",
+    "version": 2,
+    "owner": "bench@example.com",
+    "description": "Guardrails benchmark policy: every harm category, injection in tool results, PII, recitation.",
+    "stream": {"holdback_chars": HOLDBACK_CHARS, "context_chars": CONTEXT_CHARS},
+    "rules": [
+        {"id": "block-harmful-input", "direction": "input", "action": "block",
+         "checks": [{"type": "safety", "thresholds": HARMS, "unscored_language": "flag", "timeout_ms": 1500, "on_error": "open"}]},
+        {"id": "injection-in-context", "direction": "input", "roles": ["tool", "grounding"], "action": "block",
+         "checks": [{"type": "safety", "thresholds": {"prompt_injection": 0.5}, "timeout_ms": 1500, "on_error": "open"}]},
+        {"id": "redact-pii-input", "direction": "input", "action": "redact",
+         "checks": [{"type": "pii", "entities": ["email", "phone", "card"]}]},
+        {"id": "output-safety", "direction": "output", "action": "block",
+         "checks": [{"type": "safety", "thresholds": {k: v for k, v in HARMS.items() if k not in ("jailbreak", "prompt_injection")},
+                     "unscored_language": "flag", "timeout_ms": 1500, "on_error": "open"},
+                    {"type": "recitation", "threshold": 0.6, "timeout_ms": 1000, "on_error": "open"}]},
+    ],
+}
+POLICY_LEGACY = {  # the check set before issue #12: toxicity-only minilm-head
     "id": "bench",
     "version": 1,
     "owner": "bench@example.com",
@@ -170,6 +200,9 @@ POLICY = {
 }
 
 
+BACKENDS = {"on": "categories", "legacy": "minilm-head"}
+
+
 def gateway_config(workdir: Path, name: str, upstream: str, guarded: bool, recitation_index: Path | None) -> Path:
     import yaml
 
@@ -181,10 +214,10 @@ def gateway_config(workdir: Path, name: str, upstream: str, guarded: bool, recit
         "traffic_log": {"sink": "jsonl", "path": str(workdir / f"traffic-{name}.jsonl")},
     }
     if guarded:
-        policy = workdir / "policy-bench.yaml"
-        policy.write_text(yaml.safe_dump(POLICY, sort_keys=False))
+        policy = workdir / f"policy-bench-{name}.yaml"
+        policy.write_text(yaml.safe_dump(POLICY if name == "on" else POLICY_LEGACY, sort_keys=False))
         cfg["policies"] = {"paths": [str(policy)], "reload": False}
-        cfg["safety"] = {"backend": "minilm-head"}
+        cfg["safety"] = {"backend": BACKENDS[name]}
         cfg["recitation"] = {"index": str(recitation_index)}
     else:
         cfg["safety"] = {"backend": "none"}
@@ -386,9 +419,10 @@ async def bench(bases: dict[str, str], pids: dict[str, int], args: argparse.Name
             order = ["off", "on"] if rnd % 2 == 0 else ["on", "off"]
             r: dict[str, Any] = {}
             m0 = await scrape(s, bases["on"])
-            ns = await paired_c1(s, bases, order, False, args.latency_requests)
+            pair = {k: bases[k] for k in ("off", "on")}
+            ns = await paired_c1(s, pair, order, False, args.latency_requests)
             m1 = await scrape(s, bases["on"])
-            sm = await paired_c1(s, bases, order, True, args.stream_requests)
+            sm = await paired_c1(s, pair, order, True, args.stream_requests)
             m2 = await scrape(s, bases["on"])
             r["c1_metrics_on"] = guard_metrics(m0, m1)
             r["stream_metrics_on"] = guard_metrics(m1, m2)
@@ -400,7 +434,8 @@ async def bench(bases: dict[str, str], pids: dict[str, int], args: argparse.Name
                                "total_p50_ms": pct(sm[name].total, 50), "total_p99_ms": pct(sm[name].total, 99),
                                "n": len(sm[name].total), "errors": sm[name].errors, "first_error": sm[name].first_error},
                 }
-            for name in order:
+            for name in [*order, *(["legacy"] if "legacy" in bases else [])]:
+                r.setdefault(name, {})
                 mb = await scrape(s, bases["on"]) if name == "on" else None
                 c0 = cpu_seconds(pids[name])
                 st, wall = await phase_conc(s, bases[name], False, args.requests, args.concurrency)
@@ -410,9 +445,12 @@ async def bench(bases: dict[str, str], pids: dict[str, int], args: argparse.Name
                 if mb is not None:
                     r["c16_metrics_on"] = guard_metrics(mb, await scrape(s, bases["on"]))
             on, off = r["on"], r["off"]
+            legacy = f" legacy {r['legacy']['c16']['rps']:.0f}" if "legacy" in r else ""
             print(f"  round {rnd + 1}: c1 p50 off {off['c1']['p50_ms']:.1f} on {on['c1']['p50_ms']:.1f} ms | "
                   f"ttft p50 off {off['stream']['ttft_p50_ms']:.1f} on {on['stream']['ttft_p50_ms']:.1f} ms | "
-                  f"c{args.concurrency} off {off['c16']['rps']:.0f} on {on['c16']['rps']:.0f} req/s | "
+                  f"c{args.concurrency} off {off['c16']['rps']:.0f} on {on['c16']['rps']:.0f}"
+                  f"{legacy} req/s | "
+                  f"cpu/req on/off {on['c16']['cpu_ms_per_req'] / off['c16']['cpu_ms_per_req']:.2f} | "
                   f"batch mean {r['c16_metrics_on']['batch_mean'] or float('nan'):.2f} | "
                   f"errors {sum(x[p]['errors'] for x in (on, off) for p in ('c1', 'stream', 'c16'))}", flush=True)
             rounds.append(r)
@@ -448,6 +486,19 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                      "checks": {c: {k: m(lambda r, p=phase, c=c, k=k: r[p]["checks"][c][k]) for k in ("mean_ms", "p50_ms", "p99_ms", "count")}
                                 for c in CHECKS}}
     s["metrics"] = gm
+    # ratios to guardrails-off, per round (same machine state), then the median
+    def ratio(a: str, b: str, key: str) -> float | None:
+        return m(lambda r: r[a]["c16"][key] / r[b]["c16"][key] if a in r and b in r and r[b]["c16"][key] else None)
+
+    s["ratios"] = {"cpu_on_over_off": ratio("on", "off", "cpu_ms_per_req"), "rps_on_over_off": ratio("on", "off", "rps")}
+    if all("legacy" in r for r in rounds):
+        s["legacy"] = {"rps_c16": m(lambda r: r["legacy"]["c16"]["rps"]),
+                       "cpu_ms_per_req_c16": m(lambda r: r["legacy"]["c16"]["cpu_ms_per_req"]),
+                       "errors": sum(r["legacy"]["c16"]["errors"] for r in rounds),
+                       "first_error": next((r["legacy"]["c16"]["first_error"] for r in rounds if r["legacy"]["c16"]["first_error"]), None)}
+        s["ratios"].update({"cpu_legacy_over_off": ratio("legacy", "off", "cpu_ms_per_req"),
+                            "rps_legacy_over_off": ratio("legacy", "off", "rps"),
+                            "cpu_on_over_legacy": ratio("on", "legacy", "cpu_ms_per_req")})
     s["pass"] = {
         "added_p50_ms": s["added"]["c1_p50_ms"] is not None and s["added"]["c1_p50_ms"] <= TARGETS["added_p50_ms"],
         "rps_c16": s["on"]["rps_c16"] is not None and s["on"]["rps_c16"] >= TARGETS["rps_c16"],
@@ -488,6 +539,24 @@ def markdown(s: dict[str, Any], args: argparse.Namespace) -> str:
         "| phase | safety batch size, mean (batches) | safety check ms mean / p50 / p99 | PII check ms mean | recitation check ms mean / p50 | hold-back per chunk, mean ms |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    rt = s["ratios"]
+    L_ratio = [
+        "",
+        f"Ratios to guardrails-off in the same run (c={c}, non-streaming; per round, median):",
+        "",
+        "| check set | gateway CPU per request (ms) | CPU / off | throughput (req/s) | throughput / off |",
+        "|---|---:|---:|---:|---:|",
+        f"| off | {fmt(off['cpu_ms_per_req_c16'], 2)} | 1.00 | {fmt(off['rps_c16'], 0)} | 1.00 |",
+    ]
+    if "legacy" in s:
+        lg = s["legacy"]
+        L_ratio.append(f"| before #12: toxicity-only `minilm-head` + PII + recitation | {fmt(lg['cpu_ms_per_req_c16'], 2)} | "
+                       f"{fmt(rt['cpu_legacy_over_off'], 2)} | {fmt(lg['rps_c16'], 0)} | {fmt(rt['rps_legacy_over_off'], 2)} |")
+    L_ratio.append(f"| after #12: full check set (`categories`, all harm categories, languages, tool results, tool calls) + PII + recitation | "
+                   f"{fmt(on['cpu_ms_per_req_c16'], 2)} | {fmt(rt['cpu_on_over_off'], 2)} | {fmt(on['rps_c16'], 0)} | {fmt(rt['rps_on_over_off'], 2)} |")
+    if "legacy" in s:
+        L_ratio.append("")
+        L_ratio.append(f"Full check set CPU per request / toxicity-only: **{fmt(rt['cpu_on_over_legacy'], 2)}**.")
     names = {"c1_metrics_on": "c=1 non-streaming", "stream_metrics_on": "c=1 streaming", "c16_metrics_on": f"c={c} non-streaming"}
     for k, label in names.items():
         g = s["metrics"][k]
@@ -499,7 +568,7 @@ def markdown(s: dict[str, Any], args: argparse.Namespace) -> str:
              f"gateway (alternating off/on), c={c}: {args.requests} per gateway. Reply ~62 words (~370 chars, varied per request), "
              f"streamed one word per SSE event{'' if not args.token_delay_ms else f' every {args.token_delay_ms} ms'}; "
              f"hold-back {HOLDBACK_CHARS}/{CONTEXT_CHARS} chars. Histogram p50/p99 are bucket-interpolated.")
-    return "\n".join(L)
+    return "\n".join(L + L_ratio)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -514,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small smoke run (~1 min)")
     ap.add_argument("--out", help="write JSON results here")
     ap.add_argument("--keep-workdir", action="store_true")
+    ap.add_argument("--no-legacy", action="store_true", help="skip the toxicity-only (before #12) gateway")
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_upstream:
@@ -539,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         bases: dict[str, str] = {}
         pids: dict[str, int] = {}
         gws = {}
-        for name, guarded in (("off", False), ("on", True)):
+        for name, guarded in (("off", False), ("on", True), *((("legacy", True),) if not args.no_legacy else ())):
             port = free_port()
             cfg = gateway_config(workdir, name, upstream, guarded, index)
             gws[name] = procs.start(f"gatehouse-{name}", [py, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port),
@@ -557,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown(summary, args)
         print()
         print(table)
-        errs = {n: summary[n]["errors"] for n in ("off", "on")}
+        errs = {n: summary[n]["errors"] for n in ("off", "on", "legacy") if n in summary}
         if any(errs.values()):
             print(f"\nERRORS: {errs}; first: off={summary['off']['first_error']!r} on={summary['on']['first_error']!r}")
         warn = [ln for ln in gws["on"].tail(200).splitlines() if "WARNING" in ln or "ERROR" in ln]
@@ -571,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                             "loadavg_at_end": os.getloadavg()},
                 "params": {k: v for k, v in vars(args).items() if k != "serve_upstream"},
-                "targets": TARGETS, "policy": POLICY, "summary": summary, "rounds": rounds,
+                "targets": TARGETS, "policy": POLICY, "policy_legacy": POLICY_LEGACY, "summary": summary, "rounds": rounds,
                 "bench_seconds": bench_s, "total_seconds": time.time() - started, "markdown": table,
             }
             Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
