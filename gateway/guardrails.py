@@ -645,7 +645,8 @@ def _warn_unscored(policies: PolicySet, scorer: Any) -> None:
     (``gatehouse policy check`` refuses them; see policies.coverage)."""
     from policies.coverage import uncovered
 
-    categories = frozenset(getattr(scorer, "categories", None) or getattr(scorer, "labels", ()))
+    produced: Any = getattr(scorer, "categories", None) or getattr(scorer, "labels", ())
+    categories = frozenset(str(c) for c in produced)
     for problem in uncovered(policies, (getattr(scorer, "name", "?"), categories)):
         log.warning("%s", problem)
 

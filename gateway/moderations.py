@@ -14,8 +14,9 @@ translated from the taxonomy (``evaluators.safety.taxonomy.to_openai``) — plus
 ``prompt_injection``, which OpenAI has no category for), the detected language
 and ``unscored_language``.
 
-A category is flagged at ``moderations.thresholds[category]`` (default
-``moderations.threshold``, 0.5). Text in a language the scorer does not cover is
+A harm category is flagged at ``moderations.thresholds[category]`` (default
+``moderations.threshold``, 0.5); the legacy ``toxicity`` / ``identity_attack``
+scores are reported but flag only when ``moderations.thresholds`` names them. Text in a language the scorer does not cover is
 never answered as safe: ``flagged: true`` and ``gatehouse.unscored_language:
 true`` while its categories stay false (the scorer could not read it).
 
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from evaluators.safety.language import covers, detect
-from evaluators.safety.taxonomy import TO_OPENAI, UNSCORED_LANGUAGE, to_openai
+from evaluators.safety.taxonomy import CATEGORIES, TO_OPENAI, UNSCORED_LANGUAGE, to_openai
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.types import RequestContext, Verdict
 
@@ -76,7 +77,10 @@ class Moderator:
             ours = {c: float(s) for c, s in raw.items() if produced is None or c in produced}
             lang = detect(text)
             unscored = not covers(languages, lang, text)
-            flagged = [] if unscored else [c for c, s in ours.items() if s >= self.thresholds.get(c, self.default)]
+            flagged = [] if unscored else [
+                c for c, s in ours.items()
+                if (c in CATEGORIES or c in self.thresholds) and s >= self.thresholds.get(c, self.default)
+            ]
             if unscored:
                 self.unscored.labels("input", lang).inc()
             openai_scores = to_openai({} if unscored else ours)

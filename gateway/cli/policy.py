@@ -121,6 +121,8 @@ def _local_categories(settings: Any) -> tuple[str, frozenset[str]] | None:
     from evaluators.safety import load_scorer
 
     scorer = load_scorer(settings.safety, settings.base_dir)
+    if scorer is None:
+        return None
     return str(scorer.name), frozenset(scorer.categories)
 
 
