@@ -297,6 +297,8 @@ async def test_stage_injects_numbered_passages_and_reports_them(built, embedder)
         assert info["chunks"][0]["id"].startswith("tides.txt#") and 0 < info["chunks"][0]["score"] <= 1
         assert ctx.record.grounding_index == f"docs@{m['version']}"
         assert ctx.record.grounding_chunk_ids == [c["id"] for c in info["chunks"]]
+        # hybrid by default: the record says how the passages were found, fusion parameters included
+        assert ctx.record.extra["grounding_retrieval"] == {"mode": "hybrid", "fusion": m["fusion"], "bm25": m["lexical"]["params"]}
         resp = await stage.on_response(ctx, {"choices": []})
         assert resp["gatehouse_grounding"]["chunks"][0]["doc"] == "tides.txt"
         assert stage.stream_filter(ctx) is None

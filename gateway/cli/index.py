@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedding runtime; must match the gateway's embedding.runtime (default: %(default)s)")
     b.add_argument("--max-chars", type=int, default=800, help="chunk size in characters (default: %(default)s)")
     b.add_argument("--overlap", type=int, default=1, help="sentences shared by consecutive chunks (default: %(default)s)")
+    b.add_argument("--retrieval", choices=("hybrid", "dense"), default="hybrid",
+                   help="hybrid: BM25 beside FAISS, fused by RRF (default); dense: FAISS only")
+    b.add_argument("--rrf-k", type=int, default=60, help="RRF constant k (default: %(default)s)")
+    b.add_argument("--dense-weight", type=float, default=1.0, help="weight of the dense ranking in the fusion")
+    b.add_argument("--bm25-weight", type=float, default=1.0, help="weight of the BM25 ranking in the fusion")
     b.add_argument("--no-progress", action="store_true")
     a = sub.add_parser("add", help="add or replace documents in an index")
     a.add_argument("index_dir")
@@ -74,8 +79,12 @@ def _embedder(model: str | None, runtime: str | None, index_dir: str | None = No
 
 
 def _summary(m: dict) -> str:
+    mode = m.get("retrieval", "dense")
+    if mode == "hybrid":
+        f = m["fusion"]
+        mode = f"hybrid: bm25 + dense, {f['method']} k={f['k']} weights {f['dense_weight']}/{f['bm25_weight']}"
     return (
-        f"{m['version']}: {len(m['docs'])} docs, {m['chunk_count']} chunks, {m['index']['type']} "
+        f"{m['version']}: {len(m['docs'])} docs, {m['chunk_count']} chunks, {mode}, {m['index']['type']} "
         f"(dim {m['embedding']['dimension']}, {m['embedding']['model_id']}, {m['embedding'].get('runtime', 'torch')}), hash {m['content_hash'][:12]}"
     )
 
@@ -91,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             docs = iter_documents([args.docs_dir])
             embedder = _embedder(args.model, args.runtime)
             t = time.perf_counter()
+            from gateway.grounding.lexical import Fusion
+
             m = builder.build_index(
                 docs, args.output, embedder, index_type=args.index_type,
                 max_chars=args.max_chars, overlap=args.overlap, progress=not args.no_progress,
+                retrieval=args.retrieval, fusion=Fusion(k=args.rrf_k, dense_weight=args.dense_weight, bm25_weight=args.bm25_weight),
             )
             print(f"built {_summary(m)} in {time.perf_counter() - t:.1f}s -> {args.output}")
         elif args.cmd == "add":
@@ -106,13 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "query":
             index = GroundingIndex.load(args.index_dir)
             vec = _embedder(args.model, args.runtime, args.index_dir).encode([args.question])[0]
-            hits = index.search(vec, args.k, args.min_score)
+            hits = index.search(vec, args.k, args.min_score, args.question)
             if args.json:
-                print(json.dumps([{"chunk_id": h.chunk_id, "doc_id": h.doc_id, "title": h.title, "score": h.score, "text": h.text} for h in hits], indent=1, ensure_ascii=False))
+                print(json.dumps([{"chunk_id": h.chunk_id, "doc_id": h.doc_id, "title": h.title, "score": h.score,
+                                   "dense_score": h.dense_score, "bm25_score": h.bm25_score, "text": h.text} for h in hits],
+                                 indent=1, ensure_ascii=False))
             for n, h in enumerate(hits, 1):
                 if not args.json:
                     snippet = " ".join(h.text.split())[:160]
-                    print(f"[{n}] {h.score:.3f}  {h.chunk_id}  ({h.title})\n    {snippet}")
+                    parts = "" if h.dense_score is None else f" (cosine {h.dense_score:.3f}, bm25 {h.bm25_score if h.bm25_score is not None else '-'})"
+                    print(f"[{n}] {h.score:.3f}{parts}  {h.chunk_id}  ({h.title})\n    {snippet}")
             if not hits and not args.json:
                 print("no passages above --min-score")
         elif args.cmd == "info":

@@ -17,6 +17,13 @@ stored vectors of the kept chunks. HNSW cannot remove vectors and PQ codebooks
 drift as documents change, so a rebuild from vectors is the one path that is
 correct for every type, and at grounding sizes it takes seconds.
 
+Retrieval (``--retrieval``): ``hybrid`` (default) also builds a BM25 index
+(``gateway.grounding.lexical``) over the same rows into the same version
+directory, with the fusion parameters in the manifest; ``dense`` is FAISS only.
+BM25 has no incremental form worth the complexity at grounding sizes, so every
+write (build, add, delete) re-tokenises all chunks and rebuilds it beside the
+FAISS structure: both parts always describe the same rows.
+
 Every write is a new version directory (temp dir + rename), then ``CURRENT``
 is replaced atomically; the last ``KEEP_VERSIONS`` versions are kept.
 """
@@ -39,9 +46,11 @@ from typing import Any
 import numpy as np
 
 from gateway.grounding.index import CURRENT, MANIFEST, resolve_version_dir
+from gateway.grounding.lexical import Fusion, LexicalIndex, bm25_params, tokenizer_spec
 from gateway.grounding.text import Chunk, Document, chunk_document
 
-FORMAT = "gatehouse-grounding/1"
+FORMAT = "gatehouse-grounding/2"  # /2: optional BM25 part and fusion; /1 versions load as dense-only
+RETRIEVAL_MODES = ("hybrid", "dense")
 FLAT_MAX = 20_000
 HNSW_MAX = 2_000_000
 KEEP_VERSIONS = 3
@@ -145,9 +154,13 @@ def embedding_text(c: Chunk | dict[str, Any]) -> str:
     return f"{title}\n{text}" if title and not text.startswith(title) else text
 
 
-def _content_hash(fingerprint: str, index_type: str, chunking: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _content_hash(fingerprint: str, index_type: str, chunking: dict[str, Any], rows: list[dict[str, Any]],
+                  retrieval: dict[str, Any] | None = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"fp": fingerprint, "type": index_type, "chunking": chunking}, sort_keys=True).encode())
+    head: dict[str, Any] = {"fp": fingerprint, "type": index_type, "chunking": chunking}
+    if retrieval is not None:  # dense-only hashes stay what they were before hybrid retrieval
+        head["retrieval"] = retrieval
+    h.update(json.dumps(head, sort_keys=True).encode())
     for r in rows:
         h.update(b"\0" + r["chunk_id"].encode() + b"\0" + r["title"].encode() + b"\0" + r["text"].encode())
     return h.hexdigest()
@@ -163,17 +176,31 @@ def write_version(
     index_type: str,
     params: dict[str, Any] | None,
     chunking: dict[str, Any],
+    retrieval: str = "hybrid",
+    fusion: Fusion | None = None,
 ) -> dict[str, Any]:
-    """Build FAISS over ``vectors`` and write a complete version, then point CURRENT at it."""
+    """Build FAISS (and BM25 for hybrid) over the rows and write a complete version, then point CURRENT at it."""
     import faiss
 
+    if retrieval not in RETRIEVAL_MODES:
+        raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_MODES)}, got {retrieval!r}")
     root = Path(index_dir)
     root.mkdir(parents=True, exist_ok=True)
     resolved = choose_index_type(len(rows), index_type)
     if resolved == "ivfpq" and len(rows) < 2:
         resolved = "flat"
     index, used = build_faiss(vectors, resolved, params)
-    content_hash = _content_hash(embedding["fingerprint"], resolved, chunking, rows)
+    lexical: LexicalIndex | None = None
+    hybrid: dict[str, Any] = {}
+    if retrieval == "hybrid":
+        fusion = fusion or Fusion()
+        lexical = LexicalIndex.build([embedding_text(r) for r in rows])
+        hybrid = {
+            "lexical": {"type": "bm25s", "tokenizer": tokenizer_spec(), "params": bm25_params(lexical), "text": "title + newline + chunk text"},
+            "fusion": fusion.to_dict(),
+        }
+    content_hash = _content_hash(embedding["fingerprint"], resolved, chunking, rows,
+                                 {"mode": retrieval, **hybrid} if lexical is not None else None)
     now = datetime.now(UTC)
     version = f"v-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{content_hash[:8]}"
     manifest = {
@@ -183,6 +210,8 @@ def write_version(
         "content_hash": content_hash,
         "embedding": {**embedding, "normalized": True, "text": "title + newline + chunk text"},
         "index": {"type": resolved, "requested": index_type, "metric": "inner_product", "params": used, "ntotal": int(index.ntotal)},
+        "retrieval": retrieval,
+        **hybrid,
         "chunking": chunking,
         "chunk_count": len(rows),
         "docs": docs,
@@ -195,6 +224,8 @@ def write_version(
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         np.save(tmp / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
         faiss.write_index(index, str(tmp / "index.faiss"))
+        if lexical is not None:
+            lexical.save(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         os.rename(tmp, root / version)
     except BaseException:
@@ -240,6 +271,8 @@ def build_index(
     max_chars: int = 800,
     overlap: int = 1,
     progress: bool = True,
+    retrieval: str = "hybrid",
+    fusion: Fusion | None = None,
 ) -> dict[str, Any]:
     """Chunk, embed and index ``documents`` into a new version of ``index_dir``."""
     if not documents:
@@ -249,7 +282,7 @@ def build_index(
     vectors = embed_texts(embedder, [embedding_text(r) for r in rows], progress=progress)
     return write_version(
         index_dir, rows, docs, vectors, embedding=_embedding_info(embedder), index_type=index_type, params=params,
-        chunking={"max_chars": max_chars, "overlap": overlap},
+        chunking={"max_chars": max_chars, "overlap": overlap}, retrieval=retrieval, fusion=fusion,
     )
 
 
@@ -260,6 +293,12 @@ def _load_parts(index_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, A
         rows = [json.loads(line) for line in f if line.strip()]
     vectors = np.load(d / "vectors.npy")
     return manifest, rows, vectors
+
+
+def _retrieval_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """An update keeps the version's retrieval mode and fusion parameters."""
+    mode = manifest.get("retrieval", "dense")
+    return {"retrieval": mode, "fusion": Fusion(**manifest["fusion"]) if mode == "hybrid" else None}
 
 
 def _check_model(manifest: dict[str, Any], info: dict[str, Any]) -> None:
@@ -288,6 +327,7 @@ def add_documents(index_dir: str | Path, documents: list[Document], embedder: An
     return write_version(
         index_dir, all_rows, docs, all_vecs, embedding=info,
         index_type=manifest["index"].get("requested", manifest["index"]["type"]), params=None, chunking=ch,
+        **_retrieval_of(manifest),
     )
 
 
@@ -305,7 +345,7 @@ def delete_documents(index_dir: str | Path, doc_ids: Sequence[str]) -> dict[str,
     return write_version(
         index_dir, [rows[i] for i in keep], [d for d in manifest["docs"] if d["doc_id"] not in gone], vectors[keep],
         embedding=manifest["embedding"], index_type=manifest["index"].get("requested", manifest["index"]["type"]),
-        params=None, chunking=manifest["chunking"],
+        params=None, chunking=manifest["chunking"], **_retrieval_of(manifest),
     )
 
 

@@ -6,12 +6,14 @@ On disk (written by ``gateway.grounding.builder``)::
       CURRENT                      name of the live version (replaced atomically)
       v-20250101T120000Z-1a2b3c4d/ one immutable version
         manifest.json              docs, chunk spans, titles, model id + fingerprint, index type, content hash
-        chunks.jsonl               one chunk per line, row order = FAISS row id
+        chunks.jsonl               one chunk per line, row order = FAISS row id = BM25 row id
         vectors.npy                the unit vectors (float32), for incremental rebuilds and exact re-scoring
         index.faiss
+        bm25/                      the BM25 part (bm25s: JSON + .npy), hybrid indexes only
 
 ``GroundingIndex.load`` accepts INDEX_DIR (follows CURRENT) or a version
-directory. ``IndexHolder.current`` is swapped in one assignment when the
+directory. Versions written before hybrid retrieval (format
+``gatehouse-grounding/1``, no ``bm25/``) still load, as dense-only indexes. ``IndexHolder.current`` is swapped in one assignment when the
 live version's content hash changes; a request that already took
 ``holder.current`` keeps using the old object until it is done.
 """
@@ -29,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.grounding.lexical import TOKENIZER_ID, Fusion, LexicalIndex, tokenizer_spec
+
 log = logging.getLogger("gatehouse.grounding")
 
 CURRENT = "CURRENT"
@@ -41,7 +45,9 @@ class Hit:
     doc_id: str
     title: str
     text: str
-    score: float
+    score: float  # cosine for dense indexes, the fused RRF score (0-1) for hybrid ones
+    dense_score: float | None = None  # hybrid: the chunk's cosine (what min_score is compared with)
+    bm25_score: float | None = None  # hybrid: its BM25 score, None when BM25 did not rank it
 
 
 def resolve_version_dir(path: str | Path) -> Path:
@@ -65,12 +71,22 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 class GroundingIndex:
     """Read-only: FAISS index + chunk table. Searches are thread-safe."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], chunks: list[dict[str, Any]], index: Any, vectors: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        chunks: list[dict[str, Any]],
+        index: Any,
+        vectors: np.ndarray | None,
+        lexical: LexicalIndex | None = None,
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.chunks = chunks
         self.index = index
-        self.vectors = vectors  # memory-mapped; used to re-score PQ candidates exactly
+        self.vectors = vectors  # memory-mapped; re-scores PQ candidates and BM25-only hits exactly
+        self.lexical = lexical
+        self.fusion: Fusion | None = Fusion(**manifest["fusion"]) if lexical is not None else None
         self.content_hash: str = manifest["content_hash"]
         self.index_type: str = manifest["index"]["type"]
         self.dimension: int = int(manifest["embedding"]["dimension"])
@@ -102,18 +118,75 @@ class GroundingIndex:
             from gateway.grounding.builder import to_gpu
 
             index = to_gpu(index)
+        lexical = None
+        if manifest.get("retrieval", "dense") == "hybrid":
+            spec = manifest.get("lexical", {}).get("tokenizer", {})
+            ours = tokenizer_spec()
+            if spec.get("id") != TOKENIZER_ID or spec.get("han+kana") != ours["han+kana"]:
+                raise ValueError(
+                    f"{d}: its BM25 part was tokenised as {spec!r}, this gateway tokenises as {ours!r}; "
+                    "rebuild the index with `gatehouse index build`"
+                )
+            lexical = LexicalIndex.load(d, len(chunks))
         vectors = None
-        if manifest["index"]["type"] == "ivfpq" and (d / "vectors.npy").is_file():
+        if (manifest["index"]["type"] == "ivfpq" or lexical is not None) and (d / "vectors.npy").is_file():
             vectors = np.load(d / "vectors.npy", mmap_mode="r")
-        return cls(d, manifest, chunks, index, vectors)
+        return cls(d, manifest, chunks, index, vectors, lexical)
 
-    def search(self, vec: np.ndarray, top_k: int = 5, min_score: float = 0.0) -> list[Hit]:
-        """Nearest chunks by cosine similarity (vectors are unit length), best first."""
+    @property
+    def retrieval(self) -> dict[str, Any]:
+        """What the traffic record keeps about how passages were found."""
+        if self.lexical is None or self.fusion is None:
+            return {"mode": "dense"}
+        return {"mode": "hybrid", "fusion": self.fusion.to_dict(), "bm25": self.manifest["lexical"]["params"]}
+
+    def search(self, vec: np.ndarray, top_k: int = 5, min_score: float = 0.0, query_text: str | None = None) -> list[Hit]:
+        """Best chunks, best first.
+
+        Dense indexes (or no ``query_text``): by cosine similarity (vectors are unit
+        length), ``min_score`` a cosine floor. Hybrid indexes: the top
+        ``fusion.candidates`` of the dense and the BM25 rankings fused by RRF; a chunk
+        is kept only if its cosine with the question is at least ``min_score`` (BM25
+        reorders, it does not let in chunks the embedding finds unrelated), and
+        ``Hit.score`` is the fused score.
+        """
         q = np.asarray(vec, dtype=np.float32).reshape(1, -1)
         if q.shape[1] != self.dimension:
             raise ValueError(f"query has dimension {q.shape[1]}, index {self.directory} has {self.dimension}")
         if top_k <= 0 or not self.chunks:
             return []
+        if self.lexical is not None and self.fusion is not None and query_text:
+            return self._hybrid(q, query_text, top_k, min_score)
+        out = []
+        for score, row in self._dense(q, top_k):
+            if score < min_score:
+                continue
+            c = self.chunks[row]
+            out.append(Hit(c["chunk_id"], c["doc_id"], c["title"], c["text"], round(float(score), 4)))
+        return out
+
+    def _hybrid(self, q: np.ndarray, query_text: str, top_k: int, min_score: float) -> list[Hit]:
+        assert self.lexical is not None and self.fusion is not None and self.vectors is not None
+        dense = self._dense(q, self.fusion.candidates)
+        lexical = self.lexical.search(query_text, self.fusion.candidates)
+        cosine = {row: s for s, row in dense}
+        bm25 = {row: s for s, row in lexical}
+        out = []
+        for fused, row in self.fusion.fuse([r for _, r in dense], [r for _, r in lexical]):
+            if row not in cosine:  # found by BM25 only: its cosine, exactly, from the stored vector
+                cosine[row] = float(np.asarray(self.vectors[row], dtype=np.float32) @ q[0])
+            if cosine[row] < min_score:
+                continue
+            c = self.chunks[row]
+            b = bm25.get(row)
+            out.append(Hit(c["chunk_id"], c["doc_id"], c["title"], c["text"], round(fused, 4),
+                           round(cosine[row], 4), None if b is None else round(b, 4)))
+            if len(out) == top_k:
+                break
+        return out
+
+    def _dense(self, q: np.ndarray, top_k: int) -> list[tuple[float, int]]:
+        """(cosine, row) of the nearest ``top_k`` chunks, best first."""
         k = min(top_k, len(self.chunks))
         if self.vectors is not None:
             # PQ scores are approximate: fetch more candidates, re-score exactly from the mmap
@@ -124,13 +197,7 @@ class GroundingIndex:
         else:
             scores, rows = self.index.search(q, k)
             pairs = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
-        out = []
-        for score, row in pairs:
-            if score < min_score:
-                continue
-            c = self.chunks[row]
-            out.append(Hit(c["chunk_id"], c["doc_id"], c["title"], c["text"], round(float(score), 4)))
-        return out
+        return pairs
 
 
 class IndexHolder:

@@ -128,9 +128,9 @@ class GroundingStage(BaseStage):
         if question:
             vec = (await self.embedder.aencode([question]))[0]
             if index.index_type == "flat" and len(index) > THREAD_SEARCH_ABOVE:
-                hits = await asyncio.to_thread(index.search, vec, opts.top_k, opts.min_score)
+                hits = await asyncio.to_thread(index.search, vec, opts.top_k, opts.min_score, question)
             else:
-                hits = index.search(vec, opts.top_k, opts.min_score)
+                hits = index.search(vec, opts.top_k, opts.min_score, question)
         dropped: list[str] = []
         check = getattr(self.services, "passage_check", None)
         if hits and check is not None:
@@ -155,6 +155,7 @@ class GroundingStage(BaseStage):
         ctx.response_headers[HEADER] = header_value(info)
         ctx.record.grounding_index = f"{opts.index}@{index.version}"
         ctx.record.grounding_chunk_ids = [h.chunk_id for h in hits]
+        ctx.record.extra["grounding_retrieval"] = index.retrieval  # dense, or hybrid with its fusion parameters
 
     async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
         info = ctx.state.get(self.name)

@@ -17,7 +17,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 DOC_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
-_SENT_RE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
+# sentence ends: . ! ? and the Japanese/Chinese 。！？ (closing quotes and brackets stay with them)
+_SENT_RE = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？]+[\"')\]」』）]*|\n|$)")
 _SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "head"}
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article", "pre", "blockquote", "title"}
 
