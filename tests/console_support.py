@@ -10,7 +10,9 @@ viewer see everything.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,27 @@ def client(url: str) -> httpx.Client:
     """An HTTP client for a gateway started with ``cookie_secure=False`` (httpx's cookie jar,
     like Python's, keeps Secure cookies for https only; browsers also keep them on localhost)."""
     return httpx.Client(base_url=url, follow_redirects=False, timeout=30)
+
+
+# ---- the browser (Debian's chromium + chromium-driver, driven by Selenium) -----------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars")
+
+
+def start_browser(profile: Path, width: int = 1280, height: int = 800) -> Any:
+    """Headless Chromium with a fresh profile; never downloads a browser or a driver."""
+    from selenium import webdriver
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download anything
+    assert CHROMIUM is not None and CHROMEDRIVER is not None
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in HEADLESS_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--window-size={width},{height}")
+    opts.add_argument(f"--user-data-dir={profile}")
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))

@@ -12,8 +12,6 @@ when missing). Without them the module is skipped and says so.
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,32 +19,22 @@ from typing import Any
 
 import pytest
 
-from tests.console_support import ADMIN_KEY, PASSWORD, console_gateway
+from tests.console_support import (
+    ADMIN_KEY,
+    CHROMEDRIVER,
+    CHROMIUM,
+    PASSWORD,
+    console_gateway,
+    start_browser,
+)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 if CHROMIUM is None or CHROMEDRIVER is None:
     pytest.skip("Chromium is not installed (Debian: apt-get install chromium chromium-driver; .ci/run installs it): "
                 "the console's browser tests cannot run", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-
-HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1280,800")
-
-
-def start_browser(profile: Path) -> Any:
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download a driver
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in HEADLESS_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={profile}")
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    return webdriver.Chrome(options=opts, service=service)
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +235,34 @@ def test_a_viewer_is_refused_an_editor_action(env: dict[str, Any]) -> None:
     assert "may only read" in msg
     b.get(env["url"] + "/console/audit")
     assert "viewer" in b.find_element(By.ID, "audit-table").text and "refused" in b.find_element(By.ID, "audit-table").text
+
+
+UNLABELLED_JS = """
+return Array.from(document.querySelectorAll('input, select, textarea'))
+  .filter(e => e.type !== 'hidden' && !e.closest('[hidden]'))
+  .filter(e => !(e.id && document.querySelector('label[for="' + e.id + '"]')) && !e.getAttribute('aria-label') && !e.closest('label'))
+  .map(e => e.outerHTML);
+"""
+
+
+def test_every_page_is_labelled_and_keyboard_reachable(env: dict[str, Any]) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    b = env["b"]
+    sign_in(env)
+    for page in ("garden", "playground?route=demo&prompt=greeter", "sxs?prompt=greeter", "prompts", "prompts/greeter",
+                 "policies", "traffic", "evals", "audit"):
+        b.get(env["url"] + "/console/" + page)
+        assert b.execute_script(UNLABELLED_JS) == [], page
+        assert "TODO" not in b.page_source
+    b.get(env["url"] + "/console/playground?route=demo")
+    b.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    skip = b.switch_to.active_element
+    assert skip.text == "Skip to content"
+    skip.send_keys(Keys.ENTER)
+    assert b.switch_to.active_element.get_attribute("id") == "main"
+    # the whole run from the keyboard: focus the message, type, submit with Enter on the button
+    b.find_element(By.ID, "message").send_keys("typed with the keyboard")
+    b.find_element(By.ID, "run").send_keys(Keys.ENTER)
+    wait(b, EC.text_to_be_present_in_element((By.ID, "status-a"), "Done"))
+    assert b.find_element(By.ID, "answer-a").text == "typed with the keyboard"

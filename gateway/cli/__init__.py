@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "registry": ("gateway.cli.registry", "artifact registry, lineage, canary deploys"),
     "tune": ("gateway.cli.tune", "datasets and tuning jobs"),
     "feedback": ("gateway.cli.feedback", "send feedback on a logged request"),
+    "console": ("gateway.cli.console", "web console users (sign-in for /console)"),
     "keys": ("gateway.cli.keys", "create, list and revoke API keys"),
 }
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from gateway.config import Capability
 from gateway.console import data
 from gateway.console.store import Session
 from gateway.console.web import PATH, SECURITY_HEADERS, Console, ConsoleError, Form, action, page
 
-CAPABILITIES = ("chat", "completions", "embeddings", "streaming")
+CAPABILITIES = get_args(Capability)
 REPORT_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
 
 

@@ -1,0 +1,150 @@
+"""Console pages over real HTTP: live metrics and circuit state in the Model Garden, the
+registry's lineage as SVG, reports opened in place, empty states, the console off by
+default, and console users managed with ``gatehouse console``."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.console.data import _quantile, layout
+from tests.console_support import (
+    ADMIN_KEY,
+    TENANT_KEY,
+    client,
+    console_gateway,
+    console_settings,
+    sign_in,
+)
+from tests.support import gateway, make_settings
+
+BROKEN = {"name": "broken", "retries": {"attempts": 0},
+          "targets": [{"name": "down", "provider": "mock", "model": "error:503", "capabilities": ["chat"], "circuit": {"failures": 1, "reset_seconds": 600}}]}
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        with console_gateway(tmp, cookie_secure=False, extra_routes=[BROKEN]) as (url, app):
+            yield {"url": url, "app": app, "tmp": tmp}
+
+
+def admin(env: dict[str, Any]) -> tuple[httpx.Client, str]:
+    c = client(env["url"])
+    return c, sign_in(c)
+
+
+def test_garden_shows_live_latency_errors_and_an_open_circuit(env: dict[str, Any]) -> None:
+    api = httpx.Client(base_url=env["url"], headers={"authorization": f"Bearer {TENANT_KEY}"}, timeout=30)
+    for _ in range(3):
+        assert api.post("/v1/chat/completions", json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    assert api.post("/v1/chat/completions", json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]}).status_code >= 500
+    c, _ = admin(env)
+    page = c.get("/console/garden").text
+    demo = page.split('id="route-')[2]  # routes are sorted: broken, demo, fixed
+    assert ">demo<" in demo and " ms</dd>" in demo  # p50/p99 from gatehouse_request_duration_seconds
+    broken = page.split('id="route-')[1]
+    assert 'class="circuit-open"' in broken and "100.0 %" in broken
+    assert 'class="circuit-closed"' in demo
+
+
+def test_garden_filters_by_capability_with_an_empty_state(env: dict[str, Any]) -> None:
+    c, _ = admin(env)
+    page = c.get("/console/garden", params={"capability": "moderations"}).text
+    assert "No routes with capability “moderations”" in page
+    streaming = c.get("/console/garden", params={"capability": "streaming"}).text
+    assert "echo-a" in streaming and ">broken<" not in streaming
+    assert c.get("/console/garden", params={"capability": "telepathy"}).status_code == 400
+
+
+def test_registry_lineage_is_drawn_as_svg_and_reports_open_in_place(env: dict[str, Any]) -> None:
+    from tuning.registry import (
+        Registry,  # tests may use tuning; the console reads its files read-only
+    )
+
+    tmp = env["tmp"]
+    (tmp / "data.jsonl").write_text('{"q": 1}\n')
+    (tmp / "model").mkdir()
+    (tmp / "model" / "w.bin").write_bytes(b"weights")
+    (tmp / "sxs.html").write_text("<html><body><h1>SxS report</h1></body></html>")
+    with Registry(tmp / "registry") as reg:
+        ds = reg.register("dataset", tmp / "data.jsonl", name="qa")
+        model = reg.register("model", tmp / "model", name="tiny", parents=[ds.id])
+        report = reg.register("eval_report", tmp / "sxs.html", name="sxs-tiny", parents=[model.id])
+    c, _ = admin(env)
+    evals = c.get("/console/evals").text
+    assert model.id in evals and report.id in evals
+    page = c.get(f"/console/registry/{model.id}").text
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert ds.id[:38] in svg and report.id[:38] in svg and svg.count("<line") == 2
+    opened = c.get("/console/evals", params={"artifact_report": report.id}).text
+    assert 'id="report-frame"' in opened
+    r = c.get("/console/evals/report", params={"artifact": report.id})
+    assert r.status_code == 200 and "SxS report" in r.text and r.headers["content-security-policy"].startswith("sandbox")
+    assert c.get("/console/registry/model:nope:000").status_code == 404
+
+
+def test_empty_states_say_what_to_do(env: dict[str, Any]) -> None:
+    c, _ = admin(env)
+    assert "No requests match these filters" in c.get("/console/traffic", params={"model": "fixed", "action": "redact"}).text
+    assert "Nothing recorded yet for config-reload" in c.get("/console/audit", params={"action": "config-reload"}).text
+    for path in ("/console/garden", "/console/playground", "/console/sxs", "/console/prompts", "/console/policies",
+                 "/console/traffic", "/console/evals", "/console/audit"):
+        assert "TODO" not in c.get(path).text, path
+
+
+def test_the_console_is_off_unless_configured() -> None:
+    with gateway(make_settings([{"name": "m", "targets": [{"provider": "mock", "model": "echo"}]}])) as (url, _):
+        r = httpx.get(url + "/console/login")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+
+
+def test_console_users_from_the_cli_can_sign_in(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import console as cli
+
+    cfg = env["tmp"] / "gatehouse.yaml"
+    cfg.write_text(f"auth:\n  store: sqlite\n  sqlite_path: {env['tmp'] / 'keys.db'}\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pass\n"))
+    assert cli.main(["add-user", "carol", "--role", "editor", "--password-stdin", "--config", str(cfg)]) == 0
+    c = client(env["url"])
+    sign_in(c, "carol", "s3cret-pass")
+    assert "carol · editor" in c.get("/console/garden").text
+    assert cli.main(["remove-user", "carol", "--config", str(cfg)]) == 0
+    bad = client(env["url"])
+    with pytest.raises(AssertionError):
+        sign_in(bad, "carol", "s3cret-pass")
+
+
+def test_config_users_sign_in_with_their_scrypt_hash(tmp_path: Path) -> None:
+    from gateway.config import parse_settings
+    from gateway.console.store import hash_password
+
+    raw = console_settings(tmp_path, cookie_secure=False).model_dump(mode="json")
+    raw["auth"]["store"] = "config"
+    raw["auth"]["keys"] = []
+    raw["admin"] = {"key": ADMIN_KEY}
+    raw["console"]["users"] = [{"name": "dana", "role": "viewer", "tenant": "acme", "password_hash": hash_password("pw-dana")}]
+    settings = parse_settings(raw, "<t>", base_dir=str(tmp_path))
+    with gateway(settings) as (url, _):
+        c = client(url)
+        sign_in(c, "dana", "pw-dana")
+        assert "tenant acme" in c.get("/console/garden").text
+
+
+def test_histogram_quantile_and_layout() -> None:
+    # 10 observations: 5 at <= 0.1 s, 4 more at <= 0.5 s, 1 at <= 1 s
+    buckets = [(0.1, 5.0), (0.5, 9.0), (1.0, 10.0), (float("inf"), 10.0)]
+    assert _quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert _quantile(buckets, 0.9) == pytest.approx(0.5)
+    assert _quantile(buckets, 0.99) == pytest.approx(0.95)
+    assert _quantile([], 0.5) is None
+    g = layout([("a", "b"), ("b", "c"), ("a", "c")], "b", {})
+    xs = {n.id: n.x for n in g.nodes}
+    assert xs["a"] < xs["b"] < xs["c"] and len(g.edges) == 3
