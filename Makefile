@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install test lint bench
+.PHONY: demo install test lint bench screenshots
 
 $(BIN)/gatehouse: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,3 +27,7 @@ lint: install
 
 bench: install
 	$(BIN)/python tests/bench/bench_gateway.py
+
+# console screenshots for docs/console/ and the README (needs Debian's chromium + chromium-driver)
+screenshots: install
+	$(BIN)/python -m tests.console_screenshots docs/console
