@@ -62,7 +62,7 @@ class LabelScorer:
 def load_default_scorer(base_dir: str = ".", label: str = "toxicity") -> LabelScorer:
     """The default safety scorer (``evaluators.safety``, ``SafetySettings()``) as ``texts -> scores``."""
     from evaluators.safety import load_scorer
-    from gateway.config import SafetySettings
+    from gatehouse_core.settings import SafetySettings
 
     return LabelScorer(load_scorer(SafetySettings(), base_dir), label=label)
 

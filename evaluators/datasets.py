@@ -253,7 +253,7 @@ def parse_time(value: str | float | None) -> float | None:
 
 def iter_traffic_records(paths: Sequence[str | os.PathLike[str]]) -> Iterator[dict[str, Any]]:
     """TrafficRecord dicts from the JSONL log files named; torn/invalid lines skipped."""
-    from gateway.trafficlog import read_log_file  # the writer's own reader
+    from gatehouse_core.trafficlog import read_log_file  # the writer's own reader
 
     for path in paths:
         if not Path(path).exists():

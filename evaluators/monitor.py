@@ -202,7 +202,7 @@ async def consume_redis(
 
 async def consume_jsonl(monitor: TrafficMonitor, path: str | os.PathLike[str], *, from_start: bool = False, max_records: int | None = None, stop: asyncio.Event | None = None, poll: float = 0.25) -> int:
     n = 0
-    from gateway.trafficlog import follow_jsonl  # the log's own reader
+    from gatehouse_core.trafficlog import follow_jsonl  # the log's own reader
 
     async for rec in follow_jsonl(path, from_start=from_start, stop=stop, poll=poll):
         monitor.ingest(rec)

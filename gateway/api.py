@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.asgi import Receive, Send
+from gateway.asgi import read_body as read_body
 from gateway.cost import COST_HEADER, STREAM_TEXT, format_cost, request_text
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.providers import StreamReply, UpstreamFailure
@@ -22,10 +23,8 @@ from gateway.routing import Attempt, sticky_key
 from gateway.types import Endpoint, RequestContext, StreamBlocked, StreamFilter
 
 if TYPE_CHECKING:
-    from gateway.app import Runtime
+    from gateway.runtime import Runtime
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -110,22 +109,6 @@ def validate(endpoint: Endpoint, body: Any) -> dict[str, Any]:
                 f"messages[{i}].content",
             )
     return body
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "client disconnected before sending the body")
-        part = msg.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise GatewayError(ErrorKind.BODY_TOO_LARGE, f"Request body is larger than the limit of {limit} bytes.")
-        chunks.append(part)
-        if not msg.get("more_body", False):
-            return b"".join(chunks)
 
 
 # ---- usage bookkeeping -----------------------------------------------------------

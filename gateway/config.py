@@ -26,7 +26,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -34,9 +33,9 @@ from pydantic import (
     model_validator,
 )
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# shared with evaluators and tuning, so they live in the bottom layer
+from gatehouse_core.settings import SafetySettings as SafetySettings
+from gatehouse_core.settings import Strict
 
 
 class ServerSettings(Strict):
@@ -194,19 +193,6 @@ class PolicySettings(Strict):
     reload: bool = True  # watch files and SIGHUP
     poll_seconds: float = Field(1.0, gt=0)
     default_policy: str | None = None
-
-
-class SafetySettings(Strict):
-    backend: Literal["minilm-head", "detoxify", "none"] = "minilm-head"
-    checkpoint: str | None = None  # detoxify: local .ckpt
-    checkpoint_sha256: str | None = None
-    model_dir: str | None = None  # detoxify: local config/tokenizer directory; minilm-head: embedder
-    head: str | None = None  # minilm-head: trained head artifact (default: shipped)
-    max_batch: int = Field(32, ge=1)
-    # 0: an idle model runs at once with whatever is queued; texts that arrive while it is
-    # busy form the next batch. A wait only pays when a batched forward pass is cheaper per
-    # text (torch, detoxify); the default int8 runtime runs one text at a time anyway.
-    max_wait_ms: float = Field(0.0, ge=0)
 
 
 class ModerationSettings(Strict):
@@ -489,6 +475,11 @@ def load_settings(path: str | Path) -> Settings:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(str(p), [f"{where}invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
     return parse_settings(raw, str(p), base_dir=str(p.resolve().parent))
+
+
+def check_raw_config(raw: dict[str, Any], path: Path) -> None:
+    """Validate a config mapping as if it were read from ``path`` (``tuning.deploy``'s check)."""
+    parse_settings(raw, str(path), base_dir=str(path.resolve().parent))
 
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")

@@ -40,7 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from gateway import sqlitedb
+from gatehouse_core import sqlitedb
 from gateway.config import AuthSettings, Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.ratelimit import LIMIT_NAMES, limit_scopes

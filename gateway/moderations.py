@@ -40,7 +40,7 @@ from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.types import RequestContext, Verdict
 
 if TYPE_CHECKING:
-    from gateway.app import Runtime
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("gatehouse.moderations")
 

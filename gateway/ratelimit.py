@@ -57,6 +57,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.asgi import read_body
 from gateway.config import RateLimitSettings, Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import Metrics
@@ -612,8 +613,6 @@ async def build_limiter(services: Any) -> RateLimiter:
 
 
 async def _buffer_body(receive: Any, limit: int) -> tuple[bytes, Any]:
-    from gateway.api import read_body
-
     body = await read_body(receive, limit)
     replayed = False
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from evaluators.pii import find_pii, redact
-from gateway.types import Verdict
+from gatehouse_core.records import Verdict
 from policies.cascade import guard_decision, safety_decision
 from policies.guard import GuardTransport
 from policies.policy_set import BoundCheck, PolicySet, Rule

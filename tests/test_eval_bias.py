@@ -20,6 +20,7 @@ from evaluators.bias import (
     output_bias_report,
     power_mean,
 )
+from gatehouse_core.datadir import data_dir_or_none
 
 FIX = Path(__file__).parent / "fixtures" / "bias"
 TOXIC_WORDS = {"terrible", "horrible", "idiotic", "moronic", "repulsive", "disgusting", "nasty", "stupid", "ugly", "hate", "dumb", "evil", "filthy", "vile"}
@@ -219,25 +220,26 @@ def test_modern_benign_never_trains_on_probes_or_benchmark_inputs() -> None:
 
 def test_modern_identity_slot_uses_known_identity_terms() -> None:
     from evaluators.safety import benign_templates as bt
-    from evaluators.safety.datasets import DEFAULT_DATA_DIR, identity_groups, identity_terms
+    from evaluators.safety.datasets import identity_groups, identity_terms
 
     rows = [r for v in _modern_by_split().values() for r in v if r.group.startswith("identity:")]
     assert rows and all(r.mentions_identity for r in rows)
     assert {r.group.split(":")[2] for r in rows} <= set(identity_groups(IDENTITY_CSV))
-    full = DEFAULT_DATA_DIR / "conversationai_bias_eval" / "en_sentence_templates_with_identity.csv"
-    if not full.exists():
-        pytest.skip(f"no {full}")
+    data = data_dir_or_none()
+    if data is None or not (full := data / "conversationai_bias_eval" / "en_sentence_templates_with_identity.csv").exists():
+        pytest.skip("the full identity list needs the public data: set GATEHOUSE_DATA_DIR")
     groups = identity_groups(full)
     assert len(groups) == 50 and set(bt.IDENTITY_DISPLAY) | bt.TEST_IDENTITIES | bt.VAL_IDENTITIES <= set(groups)
-    assert {w for term in groups for w in term.split()} <= identity_terms(DEFAULT_DATA_DIR)
+    assert {w for term in groups for w in term.split()} <= identity_terms(data)
 
 
 def test_load_splits_trains_on_modern_benign_and_holds_out_its_test_sets() -> None:
-    from evaluators.safety.datasets import DEFAULT_DATA_DIR, load_splits
+    from evaluators.safety.datasets import load_splits
 
-    if not (DEFAULT_DATA_DIR / "hatecheck" / "test_suite_cases.csv").exists():
-        pytest.skip(f"no data in {DEFAULT_DATA_DIR}")
-    s = load_splits(prose=False)
+    data = data_dir_or_none()
+    if data is None or not (data / "hatecheck" / "test_suite_cases.csv").exists():
+        pytest.skip("needs the public data: set GATEHOUSE_DATA_DIR")
+    s = load_splits(data, prose=False)
     assert set(s.modern_test) == {"modern_questions", "modern_identity", "modern_replies"}
     assert PROBE in {r.text for r in s.modern_test["modern_questions"]}
     held_out = {r.text for rows in s.modern_test.values() for r in rows}

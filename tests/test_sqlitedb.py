@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from gateway import sqlitedb
+from gatehouse_core import sqlitedb
 
 
 def test_connect_waits_out_a_lock_and_uses_wal(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import orjson
 import pytest
 import redis
 
+from gatehouse_core.trafficlog import read_jsonl
 from gateway.metrics import Metrics
-from gateway.trafficlog import JsonlSink, TrafficLog, read_jsonl
+from gateway.trafficlog import JsonlSink, TrafficLog
 from gateway.types import TrafficRecord
 from tests.support import API_KEY, gateway, make_settings, target
 

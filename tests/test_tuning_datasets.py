@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from gatehouse_core.feedback import Feedback, FeedbackStore
 from tuning import datasets as tds
-from tuning.feedback import Feedback, FeedbackStore
 from tuning.registry import Registry
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from gateway.cli.registry import main as registry_main
-from gateway.config import load_settings
+from gateway.config import check_raw_config, load_settings
 from tuning.deploy import DeployError, deploy, promote, win_rate_lower_bound
 from tuning.registry import Registry
 
@@ -40,7 +40,7 @@ def setup(tmp_path):
 
 def test_deploy_adds_weighted_local_target(setup):
     cfg, reg, model = setup
-    res = deploy(model.id, "chat", 5, cfg, registry=reg)
+    res = deploy(model.id, "chat", 5, cfg, registry=reg, check_config=check_raw_config)
     s = load_settings(cfg)
     route = next(r for r in s.routes if r.name == "chat")
     canary = next(t for t in route.targets if t.provider == "local")
@@ -49,7 +49,7 @@ def test_deploy_adds_weighted_local_target(setup):
     assert (cfg.parent / "gateway.yaml.bak").read_text() == CONFIG
     assert next(r for r in s.routes if r.name == "other").targets[0].weight == 1
     # idempotent: deploying again re-weights, never duplicates
-    deploy(model.id, "chat", 10, cfg, registry=reg)
+    deploy(model.id, "chat", 10, cfg, registry=reg, check_config=check_raw_config)
     route = next(r for r in load_settings(cfg).routes if r.name == "chat")
     assert len(route.targets) == 3 and next(t for t in route.targets if t.provider == "local").weight == 10
     dep = reg.get(res.deployment_id)
@@ -59,30 +59,30 @@ def test_deploy_adds_weighted_local_target(setup):
 def test_deploy_errors(setup):
     cfg, reg, model = setup
     with pytest.raises(DeployError, match="no route 'nope'"):
-        deploy(model.id, "nope", 5, cfg, registry=reg)
+        deploy(model.id, "nope", 5, cfg, registry=reg, check_config=check_raw_config)
     with pytest.raises(DeployError, match="percentage"):
-        deploy(model.id, "chat", 150, cfg, registry=reg)
+        deploy(model.id, "chat", 150, cfg, registry=reg, check_config=check_raw_config)
     assert cfg.read_text() == CONFIG
 
 
 def test_promote_needs_a_winning_report(setup, tmp_path):
     cfg, reg, model = setup
-    deploy(model.id, "chat", 5, cfg, registry=reg)
+    deploy(model.id, "chat", 5, cfg, registry=reg, check_config=check_raw_config)
     lose = tmp_path / "lose.json"
     lose.write_text(json.dumps({"win_rate": 0.55, "ci": [0.48, 0.62]}))
     with pytest.raises(DeployError, match=r"does not exceed 0\.5"):
-        promote(model.id, "chat", 50, cfg, registry=reg, report_path=lose)
+        promote(model.id, "chat", 50, cfg, registry=reg, check_config=check_raw_config, report_path=lose)
     win = tmp_path / "win.json"
     win.write_text(json.dumps({"summary": {"win_rate": 0.7, "ci_low": 0.61, "ci_high": 0.79}}))
     with pytest.raises(DeployError, match="--admin-url"):
-        promote(model.id, "chat", 50, cfg, registry=reg, report_path=win)
-    res = promote(model.id, "chat", 50, cfg, registry=reg, report_path=win, verify=False)
+        promote(model.id, "chat", 50, cfg, registry=reg, check_config=check_raw_config, report_path=win)
+    res = promote(model.id, "chat", 50, cfg, registry=reg, check_config=check_raw_config, report_path=win, verify=False)
     route = next(r for r in load_settings(cfg).routes if r.name == "chat")
     assert next(t for t in route.targets if t.provider == "local").weight == 50
     assert sum(t.weight for t in route.targets) == pytest.approx(100)
     dep = reg.get(res.deployment_id)
     assert any(p.startswith("eval_report:") for p in dep.parents)
-    promote(model.id, "chat", 100, cfg, registry=reg, report_path=lose, force=True, verify=False)
+    promote(model.id, "chat", 100, cfg, registry=reg, check_config=check_raw_config, report_path=lose, force=True, verify=False)
 
 
 def test_report_shapes():

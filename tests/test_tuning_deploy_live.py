@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from gateway.cli.registry import main as registry_main
+from gateway.config import check_raw_config
 from gateway.reloader import ConfigReloader
 from tests.support import API_KEY, serve_app
 from tuning.deploy import DeployError, promote
@@ -86,7 +87,7 @@ async def test_deploy_with_admin_url_then_file_only_promote_is_picked_up(tmp_pat
         canary = next(k for k in live(srv.url) if k.startswith("canary-"))
         assert live(srv.url) == {"current": 50.0, canary: 50.0}
         # a promote that only rewrites the file: the file watch must still pick it up
-        promote(model.id, "assistant", 100, cfg, registry=reg, report_path=None, force=True, verify=False)
+        promote(model.id, "assistant", 100, cfg, registry=reg, check_config=check_raw_config, report_path=None, force=True, verify=False)
         await until(lambda: live(srv.url) == {canary: 100.0})
         assert served_variants(srv.url, 4) == {f"canary-{model.id}"}
     reg.close()
@@ -126,9 +127,9 @@ async def test_promote_fails_when_the_gateway_serves_another_file(tmp_path, tiny
     from tuning.deploy import deploy
 
     with serve_app(app) as srv:
-        deploy(model.id, "assistant", 50, other, registry=reg)
+        deploy(model.id, "assistant", 50, other, registry=reg, check_config=check_raw_config)
         with pytest.raises(DeployError, match="did not take the change"):
-            promote(model.id, "assistant", 100, other, registry=reg, report_path=None, force=True, admin_url=srv.url, admin_key=ADMIN)
+            promote(model.id, "assistant", 100, other, registry=reg, check_config=check_raw_config, report_path=None, force=True, admin_url=srv.url, admin_key=ADMIN)
     reg.close()
 
 

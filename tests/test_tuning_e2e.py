@@ -11,10 +11,11 @@ import httpx
 import pytest
 import yaml
 
+from gatehouse_core.feedback import FeedbackStore
+from gateway.config import check_raw_config
 from tests.support import API_KEY, serve_app
 from tuning import datasets as tds
 from tuning.deploy import deploy
-from tuning.feedback import FeedbackStore
 from tuning.jobs import sft
 from tuning.jobs.common import TrainConfig
 from tuning.registry import Registry
@@ -89,7 +90,7 @@ async def test_traffic_to_canary_loop(tmp_path):
             assert run["final_loss"] < run["first_loss"]
 
             # canary at 100% so the next request must be served by the tuned model
-            res = deploy(run["model_id"], "assistant", 100, cfg_path, registry=reg, admin_url=srv.url, admin_key=ADMIN)
+            res = deploy(run["model_id"], "assistant", 100, cfg_path, registry=reg, check_config=check_raw_config, admin_url=srv.url, admin_key=ADMIN)
             assert res.reloaded == 200
             r = await c.post("/v1/chat/completions", json={"model": "assistant", "messages": [{"role": "user", "content": "say hello"}], "max_tokens": 5})
             assert r.status_code == 200, r.text

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuning.feedback import Feedback, FeedbackStore
+from gatehouse_core.feedback import Feedback, FeedbackStore
+from gatehouse_core.settings import SafetySettings
 
 Example = dict[str, Any]
 SafetyFn = Callable[[list[str]], Sequence[float]]
@@ -46,7 +47,7 @@ LIKED_SCORE = 0.8
 
 def traffic_files(paths: Iterable[str | Path]) -> list[Path]:
     """The JSONL files named (a directory means every ``*.jsonl*`` in it; rotated files included)."""
-    from gateway.trafficlog import log_files
+    from gatehouse_core.trafficlog import log_files
 
     out: list[Path] = []
     for p in map(Path, paths):
@@ -62,7 +63,7 @@ def traffic_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def read_traffic(files: Iterable[Path]) -> list[dict[str, Any]]:
     """The records of exactly these files (see ``traffic_files``), in order."""
-    from gateway.trafficlog import read_log_file
+    from gatehouse_core.trafficlog import read_log_file
 
     return [r for f in files for r in read_log_file(f) if r.get("request_id")]
 
@@ -515,17 +516,15 @@ def build(
     return write_dataset(out_dir, train, val, name=name or f"{kind}-dataset", kind=kind, steps=steps, cfg=cfg, sources=sources, registry=registry, parents=parent_ids)
 
 
-def safety_scorer_fn(config_path: str | None = None, label: str = "toxicity") -> SafetyFn:
-    """The gateway's safety scorer as ``texts -> scores`` (max over its labels unless ``label`` given)."""
+def safety_scorer_fn(settings: SafetySettings | None = None, base_dir: str = ".", label: str = "toxicity") -> SafetyFn:
+    """The gateway's safety scorer as ``texts -> scores`` (max over its labels unless ``label`` given).
+
+    ``settings`` is the ``safety:`` section of a gateway config (the CLI reads it with
+    ``--safety-config``) and ``base_dir`` the directory its relative paths are resolved from.
+    """
     from evaluators.safety import load_scorer
-    from gateway.config import SafetySettings
 
-    settings, base = SafetySettings(), "."
-    if config_path:
-        from gateway.config import load_settings
-
-        s = load_settings(config_path)
-        settings, base = s.safety, s.base_dir
+    settings, base = settings or SafetySettings(), base_dir
     scorer = load_scorer(settings, base)
     if scorer is None:
         raise ValueError("safety backend is `none`; no scorer to filter with")

@@ -9,8 +9,9 @@ win-rate confidence interval is above 0.5), unless forced.
 Weights are percentages of the route's traffic: deploying at ``--weight 5``
 gives the canary 5 and rescales the other targets so they share the other 95
 in their old proportions. The file is rewritten atomically (temp file in the
-same directory + rename) after the new config has passed
-``gateway.config.parse_settings``, and the old file is kept as ``<file>.bak``.
+same directory + rename) after the new config has passed ``check_config`` (the caller's
+validator: ``gatehouse registry deploy`` passes ``gateway.config.check_raw_config``; tuning
+never imports the gateway), and the old file is kept as ``<file>.bak``.
 YAML comments are not preserved by the rewrite (the ``.bak`` keeps them).
 
 The gateway reloads routes when the file changes (or on SIGHUP); with an admin
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,11 @@ from tuning.registry import Registry, RegistryError
 
 class DeployError(Exception):
     """The deployment was refused or could not be written."""
+
+
+# validates a rewritten config mapping (from the file at the given path) before it is
+# written; raises with a message that says what is wrong
+ConfigCheck = Callable[[dict[str, Any], Path], None]
 
 
 @dataclass(slots=True)
@@ -89,12 +96,10 @@ def _find_route(raw: dict[str, Any], route: str, config_path: Path) -> dict[str,
     raise DeployError(f"{config_path}: no route {route!r}; routes are: {', '.join(map(str, names)) or '(none)'}")
 
 
-def _write_atomic(config_path: Path, raw: dict[str, Any]) -> None:
-    from gateway.config import ConfigError, parse_settings
-
+def _write_atomic(config_path: Path, raw: dict[str, Any], check_config: ConfigCheck) -> None:
     try:  # validate exactly what will be written before touching the file
-        parse_settings(raw, str(config_path), base_dir=str(config_path.resolve().parent))
-    except ConfigError as exc:
+        check_config(raw, config_path)
+    except Exception as exc:
         raise DeployError(f"the rewritten config would not load:\n{exc}") from None
     text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     shutil.copy2(config_path, config_path.with_name(config_path.name + ".bak"))
@@ -165,6 +170,7 @@ def deploy(
     config_path: str | Path,
     *,
     registry: Registry,
+    check_config: ConfigCheck,
     admin_url: str | None = None,
     admin_key: str | None = None,
 ) -> DeployResult:
@@ -199,7 +205,7 @@ def deploy(
         t.setdefault("name", f"{t.get('provider')}:{t.get('model')}")
     _rescale(targets, name, weight)
     r["targets"] = targets
-    _write_atomic(cfg, raw)
+    _write_atomic(cfg, raw, check_config)
     dep = registry.register(
         "deployment",
         name=f"{route}-{name}",
@@ -264,6 +270,7 @@ def promote(
     config_path: str | Path,
     *,
     registry: Registry,
+    check_config: ConfigCheck,
     report_path: str | Path | None,
     side: str = "A",
     force: bool = False,
@@ -303,7 +310,7 @@ def promote(
         t.setdefault("name", f"{t.get('provider')}:{t.get('model')}")
     _rescale(targets, name, weight)
     r["targets"] = targets
-    _write_atomic(cfg, raw)
+    _write_atomic(cfg, raw, check_config)
     parents = [model.id] + ([report_art.id] if report_art else [])
     dep = registry.register(
         "deployment",

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import sqlitedb
+from gatehouse_core import sqlitedb
 
 KINDS = (
     "dataset",

@@ -1,6 +1,6 @@
 """Train the minilm-head safety head and write it beside a MANIFEST.json.
 
-    python -m tuning.train_safety_head --out evaluators/safety/artifacts [--data /work/shared/data]
+    python -m tuning.train_safety_head --out evaluators/safety/artifacts [--data DIR]  (or $GATEHOUSE_DATA_DIR)
 
 Embeds ~23k short texts (CC-BY hate/identity sentences and a 20% slice of the real
 Wikipedia identity comments, public-domain Gutenberg prose negatives with Alice held out,
@@ -28,7 +28,6 @@ import numpy as np
 
 from evaluators.safety import benign_templates as bt
 from evaluators.safety.datasets import (
-    DEFAULT_DATA_DIR,
     TRAINED_LABELS,
     WIKI_DEV_BUCKETS,
     WIKI_TRAIN_BUCKETS,
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tuning.train_safety_head", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="evaluators/safety/artifacts")
-    ap.add_argument("--data", default=str(DEFAULT_DATA_DIR))
+    ap.add_argument("--data", default=None, help="public data directory (default $GATEHOUSE_DATA_DIR)")
     ap.add_argument("--name-adj", type=int, default=8000, help="rows sampled from the 72k name_adj template")
     args = ap.parse_args(argv)
 

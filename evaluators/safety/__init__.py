@@ -21,19 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-LABELS: tuple[str, ...] = (
-    "toxicity",
-    "severe_toxicity",
-    "obscene",
-    "threat",
-    "insult",
-    "identity_attack",
-    "sexual_explicit",
-)
+from evaluators.safety.labels import LABELS as LABELS
 
 if TYPE_CHECKING:
     from evaluators.embedding import Embedder
-    from gateway.config import SafetySettings
+    from gatehouse_core.settings import SafetySettings
 
 
 @runtime_checkable

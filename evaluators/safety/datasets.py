@@ -50,7 +50,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import random
 import re
 from collections import Counter
@@ -59,9 +58,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluators.safety.head import sha256_file
+from gatehouse_core.datadir import data_dir as resolve_data_dir
 
 TRAINED_LABELS: tuple[str, ...] = ("toxicity", "identity_attack")
-DEFAULT_DATA_DIR = Path(os.environ.get("GATEHOUSE_DATA_DIR", "/work/shared/data"))
 
 HATECHECK_TOXIC_NOT_HATE = {"target_indiv_nh", "target_group_nh"}
 HATECHECK_TOXICITY_UNLABELLED = {"profanity_nh"}
@@ -184,11 +183,11 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[A-Za-z]+(?:[’'][a-z]+)?", text)
 
 
-def identity_terms(data_dir: str | Path = DEFAULT_DATA_DIR) -> set[str]:
+def identity_terms(data_dir: str | Path | None = None) -> set[str]:
     """Lower-cased words of every identity term / HateCheck target and of every HateCheck
     slur case: never used as a one-word negative, so no word the hate data teaches as a
     target or slur is also taught as benign on its own."""
-    d = Path(data_dir)
+    d = resolve_data_dir(data_dir)
     out: set[str] = set()
     with open(d / "conversationai_bias_eval" / "en_sentence_templates_with_identity.csv", newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
@@ -381,7 +380,7 @@ def _stratified_sample(rows: list[Example], n: int, seed: int, label: str = "tox
 
 
 def load_splits(
-    data_dir: str | Path = DEFAULT_DATA_DIR,
+    data_dir: str | Path | None = None,
     *,
     name_adj_train: int = 8000,
     madlib_test: int = 2000,
@@ -390,7 +389,7 @@ def load_splits(
     modern: bool = True,
 ) -> Splits:
     """Load every source and split it. ``name_adj`` (72k near-identical rows) is subsampled."""
-    d = Path(data_dir)
+    d = resolve_data_dir(data_dir)
     hc = d / "hatecheck" / "test_suite_cases.csv"
     it = d / "conversationai_bias_eval" / "en_sentence_templates_with_identity.csv"
     ml = d / "conversationai_bias_eval" / "en_intersectional_madlibs.csv"

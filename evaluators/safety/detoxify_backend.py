@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from evaluators.safety import LABELS
 from evaluators.safety.head import sha256_file
+from evaluators.safety.labels import LABELS
 from evaluators.safety.windows import WindowedScorer
 
 # Detoxify's own renames (detoxify.detoxify.load_checkpoint).

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from evaluators.safety import SafetyScorer
-from evaluators.safety.datasets import DEFAULT_DATA_DIR, Example, load_splits
+from evaluators.safety.datasets import Example, load_splits
 
 POLICY_THRESHOLD = 0.5
 # The demo policy's output thresholds (policies/examples/demo.yaml).
@@ -218,7 +218,7 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evaluators.safety.quality", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="directory with hatecheck/ and conversationai_bias_eval/")
+    ap.add_argument("--data", default=None, help="directory with hatecheck/ and conversationai_bias_eval/ (default $GATEHOUSE_DATA_DIR)")
     ap.add_argument("--backend", default="minilm-head", choices=["minilm-head", "detoxify"])
     ap.add_argument("--head", help="minilm-head: head .npz (default: shipped artifact)")
     ap.add_argument("--checkpoint")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from evaluators.safety import load_scorer
-    from gateway.config import SafetySettings
+    from gatehouse_core.settings import SafetySettings
 
     settings = SafetySettings(
         backend=args.backend, head=args.head, checkpoint=args.checkpoint,

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     e.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.cmd == "export":
-        from tuning.feedback import FeedbackStore
+        from gatehouse_core.feedback import FeedbackStore
 
         store = FeedbackStore(args.store)
         n = 0

@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 
+from gatehouse_core.trafficlog import follow_jsonl, read_jsonl
 from gateway.config import ConfigError
 from gateway.cost import format_cost
-from gateway.trafficlog import follow_jsonl, read_jsonl, stream_key
+from gateway.trafficlog import stream_key
 
 FIELDS = ("request_id", "model", "target", "variant", "status", "latency_ms", "total_tokens", "cost", "error_kind")
 

@@ -87,6 +87,7 @@ def main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, reg: Registry) -> int:
+    from gateway.config import check_raw_config
     from tuning.deploy import DeployError, deploy, promote
 
     if args.cmd == "list":
@@ -115,10 +116,10 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
         return 0
     try:
         if args.cmd == "deploy":
-            res = deploy(args.model_id, args.route, args.weight, args.config, registry=reg, admin_url=args.admin_url, admin_key=args.admin_key)
+            res = deploy(args.model_id, args.route, args.weight, args.config, registry=reg, check_config=check_raw_config, admin_url=args.admin_url, admin_key=args.admin_key)
         else:
             res = promote(
-                args.model_id, args.route, args.weight, args.config, registry=reg, report_path=args.report,
+                args.model_id, args.route, args.weight, args.config, registry=reg, check_config=check_raw_config, report_path=args.report,
                 side=args.side, force=args.force, admin_url=args.admin_url, admin_key=args.admin_key, verify=not args.no_verify,
             )
     except DeployError as exc:

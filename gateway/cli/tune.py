@@ -43,7 +43,15 @@ def _dataset(argv: list[str]) -> int:
         from tuning.registry import Registry
 
         reg = Registry(a.registry)
-    scorer = tds.safety_scorer_fn(a.safety_config) if a.safety_filter else None
+    scorer = None
+    if a.safety_filter:
+        if a.safety_config:
+            from gateway.config import load_settings
+
+            gw = load_settings(a.safety_config)
+            scorer = tds.safety_scorer_fn(gw.safety, gw.base_dir)
+        else:
+            scorer = tds.safety_scorer_fn()
     cfg = tds.CurationConfig(
         scrub_pii=not a.no_pii_scrub, min_chars=a.min_chars, max_chars=a.max_chars, safety_threshold=a.safety_threshold,
         dedup_threshold=a.dedup_threshold, val_fraction=a.val_fraction, seed=a.seed,

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.grounding.index import CURRENT, MANIFEST, resolve_version_dir
+from gateway.grounding.index import CURRENT, MANIFEST, num_gpus, resolve_version_dir, to_gpu
 from gateway.grounding.lexical import Fusion, LexicalIndex, bm25_params, tokenizer_spec
 from gateway.grounding.text import Chunk, Document, chunk_document
 
@@ -55,23 +55,6 @@ FLAT_MAX = 20_000
 HNSW_MAX = 2_000_000
 KEEP_VERSIONS = 3
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
-
-
-def num_gpus() -> int:
-    try:
-        import faiss
-
-        return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
-    except Exception:  # faiss-cpu builds without CUDA, broken drivers
-        return 0
-
-
-def to_gpu(index: Any) -> Any:
-    import faiss
-
-    if num_gpus() <= 0:
-        return index
-    return faiss.index_cpu_to_all_gpus(index)
 
 
 def choose_index_type(n: int, requested: str = "auto") -> str:

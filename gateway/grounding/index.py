@@ -50,6 +50,23 @@ class Hit:
     bm25_score: float | None = None  # hybrid: its BM25 score, None when BM25 did not rank it
 
 
+def num_gpus() -> int:
+    try:
+        import faiss
+
+        return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    except Exception:  # faiss-cpu builds without CUDA, broken drivers
+        return 0
+
+
+def to_gpu(index: Any) -> Any:
+    import faiss
+
+    if num_gpus() <= 0:
+        return index
+    return faiss.index_cpu_to_all_gpus(index)
+
+
 def resolve_version_dir(path: str | Path) -> Path:
     """INDEX_DIR -> its live version directory; a version directory -> itself."""
     p = Path(path)
@@ -115,8 +132,6 @@ class GroundingIndex:
         elif manifest["index"]["type"] == "ivfpq":
             faiss.extract_index_ivf(index).nprobe = int(params.get("nprobe", 16))
         if use_gpu:
-            from gateway.grounding.builder import to_gpu
-
             index = to_gpu(index)
         lexical = None
         if manifest.get("retrieval", "dense") == "hybrid":

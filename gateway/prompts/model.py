@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 PROMPT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -44,6 +46,9 @@ ALLOWED_PARAMETERS = frozenset(
         "parallel_tool_calls", "reasoning_effort",
     }
 )
+
+# templates come from whoever can push prompts: parsed and rendered only in the sandbox
+SANDBOX = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class PromptFormatError(ValueError):
@@ -201,8 +206,6 @@ def parse_spec(raw: Any, source: str = "<prompt>") -> PromptSpec:
         author=raw.get("author"),
         note=raw.get("note"),
     )
-    from gateway.prompts.render import check_templates  # late: render imports this module
-
     check_templates(spec, source)
     return spec
 
@@ -284,3 +287,23 @@ def parse_ref(text: str) -> PromptRef:
     if not PROMPT_ID_RE.match(ref.id):
         raise PromptFormatError(f"prompt reference {text!r}: bad prompt id {ref.id!r}")
     return ref
+
+
+def template_variables(template: str) -> set[str]:
+    return set(meta.find_undeclared_variables(SANDBOX.parse(template)))
+
+
+def check_templates(spec: PromptSpec, source: str = "<prompt>") -> None:
+    """At push time: every template parses and uses only declared variables."""
+    declared = {v.name for v in spec.variables}
+    for i, m in enumerate(spec.messages):
+        try:
+            used = template_variables(m.template)
+        except TemplateError as exc:
+            raise PromptFormatError(f"{source}: messages[{i}].template does not parse: {exc}") from None
+        undeclared = sorted(used - declared)
+        if undeclared:
+            raise PromptFormatError(
+                f"{source}: messages[{i}].template uses undeclared variable(s) {', '.join(undeclared)}; "
+                "add them under `variables`"
+            )

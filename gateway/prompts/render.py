@@ -12,36 +12,16 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2 import TemplateError
+from jinja2.sandbox import SecurityError
 
 from gateway.errors import invalid
-from gateway.prompts.model import PromptFormatError, PromptSpec, PromptVersion
+from gateway.prompts.model import SANDBOX as _env
+from gateway.prompts.model import PromptVersion
 
-_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _compiled: dict[str, Any] = {}
 _compiled_lock = threading.Lock()
 _MAX_COMPILED = 4096
-
-
-def template_variables(template: str) -> set[str]:
-    return set(meta.find_undeclared_variables(_env.parse(template)))
-
-
-def check_templates(spec: PromptSpec, source: str = "<prompt>") -> None:
-    """At push time: every template parses and uses only declared variables."""
-    declared = {v.name for v in spec.variables}
-    for i, m in enumerate(spec.messages):
-        try:
-            used = template_variables(m.template)
-        except TemplateError as exc:
-            raise PromptFormatError(f"{source}: messages[{i}].template does not parse: {exc}") from None
-        undeclared = sorted(used - declared)
-        if undeclared:
-            raise PromptFormatError(
-                f"{source}: messages[{i}].template uses undeclared variable(s) {', '.join(undeclared)}; "
-                "add them under `variables`"
-            )
 
 
 def _template(source: str) -> Any:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway import sqlitedb
+from gatehouse_core import sqlitedb
 from gateway.prompts.model import PromptSpec, PromptVersion
 
 

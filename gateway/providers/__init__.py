@@ -8,77 +8,17 @@ model name, for demos and tests.
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from gateway.config import TargetSettings
-from gateway.types import Endpoint
+from gateway.providers.base import TRACEPARENT as TRACEPARENT
+from gateway.providers.base import Provider as Provider
+from gateway.providers.base import StreamReply as StreamReply
+from gateway.providers.base import UpstreamFailure as UpstreamFailure
+from gateway.providers.base import split_sse as split_sse
 
 if TYPE_CHECKING:
     import httpx
-
-
-# the current upstream attempt's W3C traceparent (set by gateway.tracing when tracing is on);
-# providers that call an HTTP upstream send it on
-TRACEPARENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("gatehouse_traceparent", default=None)
-
-
-class UpstreamFailure(Exception):
-    """What went wrong talking to a target; the router decides retry or fallback."""
-
-    def __init__(
-        self,
-        kind: str,  # timeout | connect | status | drop | unsupported
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        body: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.body = body
-
-    @property
-    def retryable(self) -> bool:
-        if self.kind in ("timeout", "connect", "drop"):
-            return True
-        return self.kind == "status" and self.status is not None and (self.status == 429 or self.status >= 500)
-
-
-@dataclass(slots=True)
-class StreamReply:
-    """An open upstream SSE stream: ``events`` yields, per upstream read, the list of
-    complete events' ``data:`` payloads (one client write per read, not per event)."""
-
-    events: AsyncIterator[list[bytes]]
-
-    async def aclose(self) -> None:
-        closer = getattr(self.events, "aclose", None)
-        if closer is not None:
-            await closer()
-
-
-class Provider(Protocol):
-    target: TargetSettings
-    capabilities: frozenset[str]
-
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        """Non-streaming call; returns the OpenAI-shaped JSON reply."""
-        ...
-
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
-        """Open a streaming call; returns once the upstream accepted it."""
-        ...
-
-    async def ready(self) -> bool: ...
-
-    async def aclose(self) -> None: ...
 
 
 def build_provider(target: TargetSettings, client: httpx.AsyncClient) -> Provider:
@@ -95,19 +35,3 @@ def build_provider(target: TargetSettings, client: httpx.AsyncClient) -> Provide
 
         return LocalProvider(target)
     raise ValueError(f"unknown provider {target.provider!r}")
-
-
-def split_sse(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Split complete SSE events off ``buffer``; returns (data payloads, remainder)."""
-    out: list[bytes] = []
-    if b"\r" in buffer:
-        buffer = buffer.replace(b"\r\n", b"\n")
-    *events, rest = buffer.split(b"\n\n")
-    for ev in events:
-        if ev.startswith(b"data: ") and b"\n" not in ev:  # the common case: one data line
-            out.append(ev[6:])
-            continue
-        data = [line[5:].lstrip(b" ") for line in ev.split(b"\n") if line.startswith(b"data:")]
-        if data:
-            out.append(b"\n".join(data))
-    return out, rest

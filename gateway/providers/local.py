@@ -25,7 +25,7 @@ import orjson
 
 from gateway.config import TargetSettings
 from gateway.errors import invalid
-from gateway.providers import StreamReply, UpstreamFailure
+from gateway.providers.base import StreamReply, UpstreamFailure
 from gateway.types import Endpoint
 
 

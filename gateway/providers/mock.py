@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from gateway.config import TargetSettings
-from gateway.providers import StreamReply, UpstreamFailure
+from gateway.providers.base import StreamReply, UpstreamFailure
 from gateway.types import Endpoint
 
 WORDS = "the quick brown fox jumps over the lazy dog while gatehouse checks every request".split()

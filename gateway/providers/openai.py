@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from gateway.config import TargetSettings
-from gateway.providers import TRACEPARENT, StreamReply, UpstreamFailure, split_sse
+from gateway.providers.base import TRACEPARENT, StreamReply, UpstreamFailure, split_sse
 from gateway.types import Endpoint
 
 PATHS: dict[str, str] = {

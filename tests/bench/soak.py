@@ -199,7 +199,7 @@ async def drive(base: str, seconds: float, workers: int, pid: int, seed: int, sa
 
 def count_records(log_path: Path) -> tuple[int, int]:
     """(records, distinct request ids) over the log and its rotations."""
-    from gateway.trafficlog import read_jsonl
+    from gatehouse_core.trafficlog import read_jsonl
 
     ids = [r["request_id"] for r in read_jsonl(log_path)]
     return len(ids), len(set(ids))

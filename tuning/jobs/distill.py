@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("safety", help="distil a safety classifier into the MiniLM head")
     s.add_argument("--out", required=True)
-    s.add_argument("--data", default=None, help="data directory (default $GATEHOUSE_DATA_DIR or /work/shared/data)")
+    s.add_argument("--data", default=None, help="data directory (default $GATEHOUSE_DATA_DIR; no other default)")
     s.add_argument("--traffic", action="append", default=[], help="traffic log JSONL whose texts join the transfer set")
     s.add_argument("--teacher", default=None, help="reuse a trained teacher directory instead of training one")
     s.add_argument("--teacher-epochs", type=int, default=2)

@@ -197,7 +197,7 @@ def run(
 ) -> dict[str, Any]:
     """Train (or load) the teacher, distil the student head, measure agreement; returns the report."""
     from evaluators.embedding import Embedder, model_fingerprint
-    from evaluators.safety.datasets import DEFAULT_DATA_DIR, load_splits, rows_sha256
+    from evaluators.safety.datasets import load_splits, rows_sha256
     from evaluators.safety.head import Head, sha256_file
     from tuning.jobs.common import pick_device
 
@@ -205,7 +205,7 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device()
-    splits = load_splits(data_dir or DEFAULT_DATA_DIR, name_adj_train=name_adj_train, seed=seed)
+    splits = load_splits(data_dir, name_adj_train=name_adj_train, seed=seed)
     embedder = Embedder()
     if teacher_dir is None:
         teacher_dir = train_teacher(

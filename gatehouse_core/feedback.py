@@ -1,4 +1,4 @@
-"""Feedback on logged requests: storage, validation and the ``POST /v1/feedback`` route.
+"""Feedback on logged requests: the item, its validation and its SQLite store.
 
 One feedback item is about one request id and carries any of: a ``rating``
 (``up``/``down``), a ``score`` (0..1), a ``comment``, a ``correction`` (the
@@ -12,13 +12,16 @@ Request body (JSON)::
     {"request_id": "req-1", "rating": "up", "score": 0.9, "comment": "...",
      "correction": "better answer", "preferred_over": "req-0", "user": "alice"}
 
-Errors use the OpenAI body; an unknown request id, one of another tenant, and one
-without a tenant (the request failed auth) are all a 404: only the tenant that made a
-request may give feedback on it.
+``submit`` validates, resolves the request ids and stores; it raises ``FeedbackError``:
+an unknown request id, one of another tenant, and one without a tenant (the request failed
+auth) are all a 404, since only the tenant that made a request may give feedback on it. The
+gateway's ``POST /v1/feedback`` (``gateway/feedback_routes.py``) renders it through its error
+table. Tuning reads the store back to build datasets. Plain storage: nothing here serves HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -29,9 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from gateway import sqlitedb
+from gatehouse_core import sqlitedb
 
 MAX_TEXT = 32_000
 MAX_METADATA_DEPTH = 8
@@ -48,10 +49,6 @@ class FeedbackError(ValueError):
         self.param = param
         self.status = status
         self.code = code
-
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,15 +189,8 @@ class FeedbackStore:
 LookupRecord = Callable[[str], Awaitable[dict[str, Any] | None]]
 
 
-def _caller_tenant(request: Any) -> str | None:
-    caller = getattr(request.state, "caller", None) if hasattr(request, "state") else None
-    return getattr(caller, "tenant", None)
-
-
 async def submit(store: FeedbackStore, lookup_record: LookupRecord, body: Any, tenant: str | None = None) -> Feedback:
     """Validate, look up the record(s) and store; raises ``FeedbackError`` (404 for unknown ids)."""
-    import asyncio
-
     fb = validate(body)
 
     async def find(rid: str, param: str) -> dict[str, Any]:
@@ -215,25 +205,3 @@ async def submit(store: FeedbackStore, lookup_record: LookupRecord, body: Any, t
     other = await find(fb.preferred_over, "preferred_over") if fb.preferred_over else None
     fb = Feedback(**{**asdict(fb), "tenant": tenant})
     return await asyncio.to_thread(store.add, fb, record, other)
-
-
-def feedback_routes(store: FeedbackStore, lookup_record: LookupRecord) -> list[Any]:
-    """Starlette routes for ``POST /v1/feedback`` (mounted behind the gateway's auth)."""
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    async def post_feedback(request: Request) -> JSONResponse:
-        try:
-            # orjson refuses JSON nested over 1,024 levels with an error instead of a RecursionError
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            e = FeedbackError("the body is not valid JSON")
-            return JSONResponse(e.body(), status_code=e.status)
-        try:
-            item = await submit(store, lookup_record, body, _caller_tenant(request))
-        except FeedbackError as e:
-            return JSONResponse(e.body(), status_code=e.status)
-        return JSONResponse({"id": item.id, "object": "feedback", "request_id": item.request_id, "created_at": int(item.created_at)}, status_code=201)
-
-    return [Route("/v1/feedback", post_feedback, methods=["POST"])]

@@ -8,7 +8,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from tuning.feedback import FeedbackError, FeedbackStore, feedback_routes, validate
+from gatehouse_core.feedback import FeedbackError, FeedbackStore, submit, validate
+from gateway.feedback_routes import feedback_route
 
 RECORDS = {
     "req-a": {"request_id": "req-a", "tenant": "t1", "model": "m"},
@@ -44,7 +45,7 @@ def test_validation_names_the_field(body, param):
 @pytest.fixture()
 def client(tmp_path):
     store = FeedbackStore(tmp_path / "fb")
-    inner = Starlette(routes=feedback_routes(store, lookup))
+    inner = Starlette(routes=[feedback_route(store, lookup)])
 
     async def app(scope, receive, send):  # the gateway's auth puts the caller in the scope
         if scope["type"] == "http":
@@ -84,8 +85,6 @@ def test_errors_are_openai_shaped(client):
 
 
 async def test_other_tenants_request_is_not_found(tmp_path):
-    from tuning.feedback import submit
-
     store = FeedbackStore(tmp_path / "f.db")
     with pytest.raises(FeedbackError) as e:
         await submit(store, lookup, {"request_id": "req-other", "rating": "up"}, tenant="t1")
