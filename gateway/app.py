@@ -42,7 +42,7 @@ from gateway.config import Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.routing import Route
 from gateway.runtime import Runtime
-from gateway.types import PARSED_BODY, Caller, RequestContext, TrafficRecord
+from gateway.types import INTERNAL_CALLER, PARSED_BODY, Caller, RequestContext, TrafficRecord
 
 if TYPE_CHECKING:
     pass
@@ -65,9 +65,6 @@ HOT_PATHS: dict[str, api.Endpoint] = {
 LARGE_BODY = 256 * 1024  # bytes: bodies this large are parsed and serialised in a worker thread
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CONSOLE_PREFIX = "/console"  # the web console signs its users in itself (gateway.console)
-# scope key the console sets on in-process requests: the Caller it runs them as. Only code
-# in this process can put it there; an HTTP client controls headers, never scope keys.
-INTERNAL_CALLER = "gatehouse.internal_caller"
 
 
 # ---- middleware -------------------------------------------------------------------------

@@ -21,6 +21,9 @@ Endpoint = Literal["chat", "completions", "embeddings", "moderations"]
 # scope["state"] key for the JSON request body when middleware already parsed it
 # (the token rate limit does, to estimate its reservation); the API handler reuses it
 PARSED_BODY = "parsed_body"
+# scope key the console sets on in-process requests: the Caller it runs them as. Only code
+# in this process can put it there; an HTTP client controls headers, never scope keys.
+INTERNAL_CALLER = "gatehouse.internal_caller"
 
 
 @dataclass(slots=True)

@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.trafficlog import encode, log_files, read_log_file, stream_key
+from gatehouse_core.trafficlog import log_files, read_log_file
+from gateway.trafficlog import encode, stream_key
 
 # ---- metrics ---------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 A console request becomes a real ``POST /v1/chat/completions`` through the whole
 middleware stack (request id, rate limit, stages, routing, traffic record), run as
-the signed-in user's ``Caller`` (``gateway.app.INTERNAL_CALLER``: a scope key, which an
+the signed-in user's ``Caller`` (``gateway.types.INTERNAL_CALLER``: a scope key, which an
 HTTP client cannot set). The reply streams back as events the console's JavaScript
 reads: ``meta`` (headers), ``delta`` (text), ``error`` and ``done`` (the traffic
 record: verdicts, grounding, prompt and policy versions, latency, tokens).
@@ -17,9 +17,8 @@ from typing import Any
 
 import orjson
 
-from gateway.app import INTERNAL_CALLER
 from gateway.trafficlog import encode
-from gateway.types import Caller
+from gateway.types import INTERNAL_CALLER, Caller
 
 Event = tuple[str, dict[str, Any]]
 

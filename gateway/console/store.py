@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import sqlitedb
+from gatehouse_core import sqlitedb
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 ROLES = ("viewer", "editor", "admin")  # admin: signed in with the admin key

@@ -18,7 +18,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway import sqlitedb
+from gatehouse_core import sqlitedb
 from gateway.config import Settings
 from gateway.console.store import hash_password, verify_password
 
