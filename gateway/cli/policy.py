@@ -148,6 +148,8 @@ def _describe(r: Rule) -> str:
     lines = [f"  - {r.id}  [{r.policy}@{r.policy_version}]  {r.source}"]
     if r.description:
         lines.append(f"      {r.description}")
+    roles = "; ".join(f"{d}: {', '.join(r.roles_for(d))}" for d in ("input", "output") if r.direction in (d, "both"))
+    lines.append(f"      roles: {roles}")
     for c in r.checks:
         spec = c.spec.model_dump(exclude={"type", "action", "timeout_ms", "on_error"}, exclude_defaults=True)
         params = ", ".join(f"{k}={v}" for k, v in spec.items())
