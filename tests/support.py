@@ -11,6 +11,8 @@
   on chat and completions, ``guard-garbage`` answers prose, ``guard-slow:MS``
   answers after MS ms; ``POST /v1/moderations`` answers in OpenAI's shape. Both
   decide by the keywords in ``GUARD_KEYWORDS``.
+  ``tool-call`` answers with one tool call whose ``arguments`` are the last user
+  message (streamed: the arguments in 8-character fragments).
 - ``make_settings(...)``: gateway settings for a test, API key ``sk-test``.
 - ``gateway(settings)``: a real gateway on a free port -> (base_url, app).
 """
@@ -182,6 +184,9 @@ class FakeUpstream:
                 choice = {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
             await self._json(send, 200, {"id": "guard", "object": "chat.completion", "created": 0, "model": model, "choices": [choice]})
             return
+        if model == "tool-call":
+            await self._tool_call(send, req)
+            return
         if model.startswith("bad-request"):
             await self._json(send, 400, {"error": {"message": "upstream says: temperature too spicy", "type": "invalid_request_error", "param": "temperature", "code": "bad_temp"}})
             return
@@ -208,6 +213,27 @@ class FakeUpstream:
         except UpstreamFailure:
             raise RuntimeError("fake upstream breaks the connection mid-stream") from None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _tool_call(self, send: Any, req: dict[str, Any]) -> None:
+        args = str((req.get("messages") or [{}])[-1].get("content", ""))
+        call = {"id": "call_1", "type": "function", "function": {"name": "run", "arguments": args}}
+        base = {"id": "tc", "created": 0, "model": "tool-call"}
+        if not req.get("stream"):
+            msg = {"role": "assistant", "content": None, "tool_calls": [call]}
+            await self._json(send, 200, {**base, "object": "chat.completion", "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls"}]})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+
+        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "run", "arguments": ""}}
+        await send({"type": "http.response.body", "body": event({"role": "assistant", "tool_calls": [first]}), "more_body": True})
+        for i in range(0, len(args), 8):
+            piece = {"index": 0, "function": {"arguments": args[i : i + 8]}}
+            await send({"type": "http.response.body", "body": event({"tool_calls": [piece]}), "more_body": True})
+        await send({"type": "http.response.body", "body": event({}, "tool_calls") + b"data: [DONE]\n\n", "more_body": False})
 
     @staticmethod
     async def _json(send: Any, status: int, obj: Any, retry_after: str | None = None) -> None:

@@ -315,8 +315,41 @@ def test_injection_in_tool_results_and_tool_call_arguments(guarded: Any) -> None
             gw.client.chat.completions.create(model="chat", messages=msgs)
         body = exc.value.body
         assert (body["rule"], body["category"]) == ("tools-injection", "prompt_injection")  # type: ignore[index]
-    # tool-call arguments (the stage itself; the fake echo model does not call tools)
+    # tool-call arguments (the stage itself)
     asyncio.run(_tool_call_arguments(settings))
+
+
+def test_tool_call_arguments_through_the_gateway_streamed_or_not(guarded: Any, fake_upstream: tuple[str, Any]) -> None:
+    policy = POLICY + """\
+  - id: tool-call-args
+    direction: output
+    roles: [tool_call]
+    checks:
+      - type: regex
+        deny: ['rm -rf /']
+"""
+    settings, _ = guarded(policy)
+    routes = [*settings.routes, type(settings.routes[0]).model_validate({"name": "tools", "targets": [target(fake_upstream[0], "tool-call")]})]
+    settings = settings.model_copy(update={"routes": tuple(routes)})
+    with Running(settings) as gw:
+        def ask(text: str, stream: bool) -> Any:
+            return gw.client.chat.completions.create(model="tools", messages=[{"role": "user", "content": text}], stream=stream)
+
+        ok = ask('{"cmd": "ls -la /tmp"}', False).choices[0]
+        assert ok.finish_reason == "tool_calls" and ok.message.tool_calls[0].function.arguments == '{"cmd": "ls -la /tmp"}'
+        bad = ask('{"cmd": "rm -rf / --no-preserve-root"}', False).choices[0]
+        assert bad.finish_reason == "content_filter" and not bad.message.tool_calls
+        assert bad.model_extra["content_filter_results"]["rm -rf /"]["rule"] == "tool-call-args"
+        # streamed: the fragments are held back and checked as one argument text
+        args = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
+                       for c in ask('{"cmd": "ls -la /tmp"}', True) if c.choices and c.choices[0].delta.tool_calls)
+        assert args == '{"cmd": "ls -la /tmp"}'
+        released = ""
+        with pytest.raises(openai.APIError) as exc:
+            for c in ask('{"cmd": "rm -rf / --no-preserve-root"}', True):
+                if c.choices and c.choices[0].delta.tool_calls:
+                    released += c.choices[0].delta.tool_calls[0].function.arguments or ""
+        assert exc.value.body["rule"] == "tool-call-args" and "rm -rf" not in released  # type: ignore[index]
 
 
 async def _tool_call_arguments(settings: Any) -> None:
