@@ -57,7 +57,7 @@ rules:
 
 
 def console_settings(tmp: Path, *, extra_routes: list[dict[str, Any]] | None = None, policy: str = POLICY,
-                     cookie_secure: bool = True) -> Any:
+                     cookie_secure: bool = True, **sections: Any) -> Any:
     (tmp / "policies").mkdir(exist_ok=True)
     (tmp / "policies" / "p.yaml").write_text(policy)
     raw = {
@@ -79,6 +79,7 @@ def console_settings(tmp: Path, *, extra_routes: list[dict[str, Any]] | None = N
         "registry": {"path": str(tmp / "registry")},
         "console": {"enabled": True, "cookie_secure": cookie_secure, "db_path": str(tmp / "console.db"), "reports_dir": str(tmp / "reports")},
     }
+    raw.update(sections)
     return parse_settings(raw, "<console-test>", base_dir=str(tmp))
 
 

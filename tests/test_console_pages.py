@@ -15,7 +15,6 @@ import pytest
 
 from gateway.console.data import _quantile, layout
 from tests.console_support import (
-    ADMIN_KEY,
     TENANT_KEY,
     client,
     console_gateway,
@@ -123,15 +122,11 @@ def test_console_users_from_the_cli_can_sign_in(env: dict[str, Any], monkeypatch
 
 
 def test_config_users_sign_in_with_their_scrypt_hash(tmp_path: Path) -> None:
-    from gateway.config import parse_settings
     from gateway.console.store import hash_password
 
-    raw = console_settings(tmp_path, cookie_secure=False).model_dump(mode="json")
-    raw["auth"]["store"] = "config"
-    raw["auth"]["keys"] = []
-    raw["admin"] = {"key": ADMIN_KEY}
-    raw["console"]["users"] = [{"name": "dana", "role": "viewer", "tenant": "acme", "password_hash": hash_password("pw-dana")}]
-    settings = parse_settings(raw, "<t>", base_dir=str(tmp_path))
+    users = [{"name": "dana", "role": "viewer", "tenant": "acme", "password_hash": hash_password("pw-dana")}]
+    settings = console_settings(tmp_path, cookie_secure=False, auth={"store": "config"},
+                                console={"enabled": True, "cookie_secure": False, "db_path": str(tmp_path / "c.db"), "users": users})
     with gateway(settings) as (url, _):
         c = client(url)
         sign_in(c, "dana", "pw-dana")
@@ -148,3 +143,29 @@ def test_histogram_quantile_and_layout() -> None:
     g = layout([("a", "b"), ("b", "c"), ("a", "c")], "b", {})
     xs = {n.id: n.x for n in g.nodes}
     assert xs["a"] < xs["b"] < xs["c"] and len(g.edges) == 3
+
+
+def test_playground_shows_grounding_passages_with_scores(tmp_path: Path) -> None:
+    """A route pinned to a grounding index: the run's last event carries the passages and scores."""
+    import json
+
+    from evaluators.embedding import shared_embedder
+    from gateway.grounding.builder import build_index
+    from gateway.grounding.text import iter_documents
+
+    docs = Path(__file__).parent / "fixtures" / "grounding_docs"
+    build_index(iter_documents([docs]), tmp_path / "idx", shared_embedder(), index_type="auto", max_chars=300, progress=False)
+    grounded = {"name": "grounded", "grounding": {"index": "docs", "top_k": 2},
+                "targets": [{"name": "g-echo", "provider": "mock", "model": "echo"}]}
+    settings = console_settings(tmp_path, cookie_secure=False, extra_routes=[grounded],
+                                grounding={"indexes": {"docs": str(tmp_path / "idx")}})
+    with gateway(settings) as (url, _):
+        c = client(url)
+        csrf = sign_in(c)
+        with c.stream("POST", "/console/playground/run", data={"csrf": csrf, "route": "grounded", "message": "Why do we get spring tides?"}) as r:
+            events = [json.loads(line) for line in r.iter_lines() if line.strip()]
+    done = events[-1]
+    assert done["type"] == "done" and done["status"] == 200
+    chunks = done["grounding"]["chunks"]
+    assert chunks[0]["id"].startswith("tides.txt#") and 0 < chunks[0]["score"] <= 1
+    assert done["grounding_chunk_ids"] == [ch["id"] for ch in chunks]

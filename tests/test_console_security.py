@@ -297,3 +297,36 @@ def test_reports_are_served_only_from_the_reports_directory(env: dict[str, Any])
     assert c.get("/console/evals/report", params={"name": "../console.db"}).status_code == 404
     assert c.get("/console/evals/report", params={"name": "/etc/passwd"}).status_code == 404
     assert 'sandbox src="/console/evals/report?name=run.html"' in c.get("/console/evals", params={"report": "run.html"}).text
+
+
+def test_repeated_failed_sign_ins_are_throttled(env: dict[str, Any]) -> None:
+    def attempt(user: str, password: str) -> httpx.Response:
+        with httpx.Client(base_url=env["url"], timeout=30) as c:
+            token = LOGIN_RE.search(c.get("/console/login").text).group(1)  # type: ignore[union-attr]
+            return c.post("/console/login", data={"login_csrf": token, "user": user, "password": password},
+                          headers={"cookie": f"gatehouse_console_login={token}"})
+
+    for _ in range(5):
+        assert attempt("guessed-name", "wrong").status_code == 401
+    r = attempt("guessed-name", "wrong")
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0 and "Too many failed sign-ins" in r.text
+    assert attempt("viewer", PASSWORD).status_code == 303  # other names are not affected
+
+
+def test_login_throttle_forgets_old_failures() -> None:
+    from gateway.console.store import LoginThrottle
+
+    now = [0.0]
+    t = LoginThrottle(limit=3, window=60, clock=lambda: now[0])
+    key = ("10.0.0.1", "alice")
+    for _ in range(3):
+        assert t.retry_after(key) == 0
+        t.failed(key)
+    assert t.retry_after(key) == pytest.approx(60)
+    now[0] = 30
+    assert t.retry_after(key) == pytest.approx(30)
+    now[0] = 61
+    assert t.retry_after(key) == 0
+    t.failed(key)
+    t.succeeded(key)
+    assert t.retry_after(key) == 0

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.console import pages_manage, pages_read, pages_run
-from gateway.console.store import Session
+from gateway.console.store import LoginThrottle, Session
 from gateway.console.web import (
     COOKIE,
     HERE,
@@ -41,6 +41,7 @@ def _safe_next(target: str) -> str:
 
 def console_routes(gatehouse: Any) -> list[BaseRoute]:
     c = Console(gatehouse)
+    throttle = LoginThrottle()
 
     async def index(request: Request) -> Response:
         return RedirectResponse(f"{PATH}/garden", status_code=303)
@@ -62,6 +63,13 @@ def console_routes(gatehouse: Any) -> list[BaseRoute]:
         if not cookie_token or not hmac.compare_digest(cookie_token.encode(), form.get("login_csrf").encode()):
             return await login_form(request, "The sign-in form expired or was not sent by this console (CSRF). Try again.", 403)
         user, secret = form.get("user").strip(), form.get("password")
+        who = (request.client.host if request.client else "?", user)
+        wait = throttle.retry_after(who)
+        if wait > 0:
+            await c.store.audit(user or "admin", "-", "sign-in", "console", after={"refused": "too many failed attempts"}, ok=False)
+            resp = await login_form(request, f"Too many failed sign-ins. Try again in {int(wait) + 1} seconds.", 429)
+            resp.headers["retry-after"] = str(int(wait) + 1)
+            return resp
         role, tenant, name = "", None, user
         admin = c.rt.settings.admin.key.get_secret_value() if c.rt.settings.admin.key else os.environ.get("GATEHOUSE_ADMIN_KEY")
         if not user:
@@ -72,8 +80,10 @@ def console_routes(gatehouse: Any) -> list[BaseRoute]:
             if u is not None:
                 role, tenant = u.role, u.tenant
         if not role:
+            throttle.failed(who)
             await c.store.audit(name or "admin", "-", "sign-in", "console", after={"refused": "wrong credentials"}, ok=False)
             return await login_form(request, "Wrong user name, password or admin key.", 401)
+        throttle.succeeded(who)
         # a new session id on every sign-in: a cookie planted before sign-in is never promoted
         old = await c.session(request)
         if old is not None:

@@ -194,3 +194,40 @@ class ConsoleStore:
 
 def csrf_ok(session: Session, token: str | None) -> bool:
     return bool(token) and hmac.compare_digest(session.csrf.encode(), str(token).encode())
+
+
+class LoginThrottle:
+    """Failed sign-ins per (client address, user name): after ``limit`` failures within
+    ``window`` seconds, that pair is refused until the oldest failure ages out. Kept in
+    process (each replica counts its own), which bounds guessing without a shared store."""
+
+    def __init__(self, limit: int = 5, window: float = 300.0, clock: Any = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._fails: dict[tuple[str, str], list[float]] = {}
+
+    def _recent(self, key: tuple[str, str]) -> list[float]:
+        now = self.clock()
+        fails = [t for t in self._fails.get(key, []) if now - t < self.window]
+        if fails:
+            self._fails[key] = fails
+        else:
+            self._fails.pop(key, None)
+        return fails
+
+    def retry_after(self, key: tuple[str, str]) -> float:
+        """Seconds until ``key`` may try again (0: now)."""
+        fails = self._recent(key)
+        if len(fails) < self.limit:
+            return 0.0
+        return max(0.0, self.window - (self.clock() - fails[0]))
+
+    def failed(self, key: tuple[str, str]) -> None:
+        if len(self._fails) > 100_000:  # a flood of distinct keys: forget the oldest half
+            for k in list(self._fails)[: len(self._fails) // 2]:
+                del self._fails[k]
+        self._fails.setdefault(key, []).append(self.clock())
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._fails.pop(key, None)
