@@ -118,8 +118,10 @@ async def test_atomic_across_instances(redis: aioredis.Redis, prefix: str) -> No
     """Two limiters (two clients = two replicas) hammering one key: exactly the limit is admitted."""
     r2 = aioredis.from_url(REDIS_URL)
     s = RateLimitSettings(requests_per_minute=25)
-    a = RateLimiter(s, RedisBackend(redis, 60, 30), prefix=prefix)
-    b = RateLimiter(s, RedisBackend(r2, 60, 30), prefix=prefix)
+    # generous op timeout: this is about atomicity, and 80 concurrent first connections on a
+    # loaded shared machine can take longer than the production 0.5 s (seen: 503 under load 12)
+    a = RateLimiter(s, RedisBackend(redis, 60, 30), prefix=prefix, op_timeout=10)
+    b = RateLimiter(s, RedisBackend(r2, 60, 30), prefix=prefix, op_timeout=10)
     c = caller()
     results = await asyncio.gather(*[(a if i % 2 else b).check(c) for i in range(80)])
     assert sum(d.allowed for d in results) == 25
