@@ -286,7 +286,9 @@ class TracingSettings(Strict):
     @field_validator("endpoint")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://", v):
+        if not v:
+            return None  # "" (e.g. an unset ${OTLP_ENDPOINT:-}) keeps tracing off
+        if not re.match(r"^https?://", v):
             raise ValueError(f"tracing.endpoint must be an http(s) URL (OTLP/HTTP), got {v!r}")
         return v
 

@@ -287,3 +287,40 @@ def test_unsampled_requests_make_no_spans(tmp_path: Path) -> None:
     assert trace_id == TRACE_ID and not int(flags, 16) & 1  # not sampled: the upstream may not record it either
     recs = [orjson.loads(line) for line in log.read_text().splitlines()]
     assert [r["trace_id"] for r in recs] == [None, TRACE_ID]
+
+
+def test_demo_gateway_yields_one_trace_per_request_and_costs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    """The issue's acceptance: the demo gateway with tracing configured gives one trace per request whose
+    spans show where the time went, and every record carries its cost."""
+    from gateway.cli.serve import resolve_config
+
+    monkeypatch.chdir(tmp_path)  # the demo builds its recitation index under ./.gatehouse
+    for name in ("GATEHOUSE_DEMO_RECITATION", "GATEHOUSE_DEMO_POLICIES"):
+        monkeypatch.setenv(name, "-")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("GATEHOUSE_DEMO_KEY", "sk-gatehouse-demo")
+    monkeypatch.setenv("GATEHOUSE_LOG", str(tmp_path / "traffic.jsonl"))
+    monkeypatch.setenv("GATEHOUSE_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}/v1/traces")
+    settings, _ = resolve_config(None, demo=True)
+    demo = {"authorization": "Bearer sk-gatehouse-demo"}
+    body = {"model": "demo", "messages": [{"role": "user", "content": "Where did the time go in this request?"}]}
+    with gateway(settings) as (url, _app):
+        r = httpx.post(url + "/v1/chat/completions", headers=demo, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert float(r.headers["x-gatehouse-cost"]) > 0
+        with httpx.stream("POST", url + "/v1/chat/completions", headers=demo, json={**body, "stream": True}, timeout=60) as s:
+            assert s.status_code == 200
+            s.read()
+    recs = [orjson.loads(line) for line in (tmp_path / "traffic.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(rec["cost"] > 0 and rec["cost_estimated"] is False for rec in recs)
+    spans = receiver.spans()
+    by_trace: dict[str, list[Any]] = {}
+    for _, sp in spans:
+        by_trace.setdefault(sp.trace_id.hex(), []).append(sp)
+    assert sorted(by_trace) == sorted(rec["trace_id"] for rec in recs)  # one trace per request, joined by the record
+    for rec in recs:
+        names = [sp.name for sp in by_trace[rec["trace_id"]]]
+        assert names.count("POST /v1/chat/completions") == 1
+        assert {"gatehouse.auth", "guardrails input", "chat echo"} <= set(names)
+        assert any(n.startswith("guardrail ") for n in names)
+        assert ("stream hold-back" in names) == rec["stream"]
