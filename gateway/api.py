@@ -17,6 +17,7 @@ import orjson
 from gateway.asgi import Receive, Send
 from gateway.asgi import read_body as read_body
 from gateway.cost import COST_HEADER, STREAM_TEXT, format_cost, request_text
+from gateway.doors import DOOR, StreamEncoder
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.providers import StreamReply, UpstreamFailure
 from gateway.routing import Attempt, sticky_key
@@ -203,7 +204,8 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
         ctx.response_headers[COST_HEADER] = format_cost(cost)
     if rt.log_bodies:
         ctx.record.response_body = reply
-    body = orjson.dumps(reply)
+    door = ctx.state.get(DOOR)
+    body = orjson.dumps(reply) if door is None else door.render(ctx, reply)
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers_list(ctx)]})
     await send({"type": "http.response.body", "body": body})
@@ -248,7 +250,9 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers_list(ctx)]})
     texts: list[str] = []
-    pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send, texts))
+    door = ctx.state.get(DOOR)
+    enc = door.encoder(ctx) if door is not None else None
+    pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send, texts, enc))
     watch = asyncio.ensure_future(_wait_disconnect(receive))
     try:
         done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -300,8 +304,12 @@ async def _pump(
     client_wants_usage: bool,
     send: Send,
     streamed: list[str],
+    enc: StreamEncoder | None = None,
 ) -> None:
-    """Relay upstream events; each upstream read becomes one client write."""
+    """Relay upstream events; each upstream read becomes one client write.
+
+    The Chat door relays the upstream's own event bytes when no filter changed them; another
+    door's ``enc`` renders every core chunk in its protocol's events."""
     rec = ctx.record
     batches = reply.events
     batch: list[bytes] | None = first
@@ -319,7 +327,7 @@ async def _pump(
 
     async def release(chunks: list[dict[str, Any]]) -> None:
         for c in chunks:
-            out.append(sse(orjson.dumps(c)))
+            out.append(sse(orjson.dumps(c)) if enc is None else enc.chunk(c))
 
     try:
         done = False
@@ -328,7 +336,7 @@ async def _pump(
                 if ev == b"[DONE]":
                     for f in filters:
                         await release(await f.finish())
-                    out.append(b"data: [DONE]\n\n")
+                    out.append(b"data: [DONE]\n\n" if enc is None else enc.done(rec.completion_tokens))
                     done = True
                     break
                 try:
@@ -358,7 +366,10 @@ async def _pump(
                             pending = nxt
                         await release(pending)
                         continue
-                out.append(b"data: " + ev + b"\n\n")
+                if enc is None:
+                    out.append(b"data: " + ev + b"\n\n")
+                elif isinstance(chunk, dict):
+                    out.append(enc.chunk(chunk))
             await flush()
             if done:
                 break
@@ -370,6 +381,8 @@ async def _pump(
                 # upstream ended without [DONE]: still flush held-back text
                 for f in filters:
                     await release(await f.finish())
+                if enc is not None:
+                    out.append(enc.done(rec.completion_tokens))
                 await flush()
             finally:
                 ctx.upstream_seconds += clock() - t0
@@ -380,14 +393,18 @@ async def _pump(
         stop: dict[str, Any] = {"id": "gatehouse-filter", "object": "chat.completion.chunk" if ctx.endpoint == "chat" else "text_completion",
                 "created": int(time.time()), "model": ctx.model,
                 "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "content_filter"}]}
-        out.append(sse(orjson.dumps(stop)))
-        out.append(sse_error(blk.message, "content_policy_violation", {"rule": blk.rule, "category": blk.category, **blk.detail}))
+        if enc is not None:
+            out.append(enc.blocked(blk.message, {"code": "content_policy_violation", "rule": blk.rule, "category": blk.category, **blk.detail}))
+        else:
+            out.append(sse(orjson.dumps(stop)))
+            out.append(sse_error(blk.message, "content_policy_violation", {"rule": blk.rule, "category": blk.category, **blk.detail}))
         await flush()
     except UpstreamFailure as f:
         rec.error_kind = "upstream_stream_broken"
         rec.error_message = f.message
         rec.status = 502
         await flush()
-        out.append(sse_error(f"upstream stream broke: {f.message}", "upstream_stream_broken"))
+        msg = f"upstream stream broke: {f.message}"
+        out.append(sse_error(msg, "upstream_stream_broken") if enc is None else enc.broken(msg))
         await flush()
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
-from gateway import api, limits, moderations
+from gateway import api, doors, limits, moderations
 from gateway.asgi import ASGIApp, Receive, Scope, Send
 from gateway.auth import bearer
 from gateway.config import Settings
@@ -61,6 +61,7 @@ HOT_PATHS: dict[str, api.Endpoint] = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
     "/v1/moderations": "moderations",
+    "/v1/messages": "messages",  # Anthropic Messages door (gateway.doors)
 }
 LARGE_BODY = 256 * 1024  # bytes: bodies this large are parsed and serialised in a worker thread
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -69,12 +70,13 @@ CONSOLE_PREFIX = "/console"  # the web console signs its users in itself (gatewa
 
 # ---- middleware -------------------------------------------------------------------------
 
-def error_response(err: GatewayError, request_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def error_response(err: GatewayError, request_id: str, door: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The error in the door's own shape (OpenAI's, or Anthropic's on /v1/messages)."""
     headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
     headers += [(k.lower().encode(), str(v).encode()) for k, v in err.headers.items()]
     return (
         {"type": "http.response.start", "status": err.status, "headers": headers},
-        {"type": "http.response.body", "body": err.json_bytes()},
+        {"type": "http.response.body", "body": err.json_bytes_for(door)},
     )
 
 
@@ -126,7 +128,7 @@ class RequestIdAndErrors:
         except GatewayError as err:
             self._note_error(record, err.status, err.kind.value, err.message)
             if not started:
-                start, body = error_response(err, request_id)
+                start, body = error_response(err, request_id, endpoint)
                 start["headers"].append((OVERHEAD_HEADER, b"%.2f" % ((time.perf_counter() - t0 - _upstream(state)) * 1000)))
                 await send(start)
                 await send(body)
@@ -135,7 +137,7 @@ class RequestIdAndErrors:
             self._note_error(record, 500, ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}")
             if not started:
                 internal = GatewayError(ErrorKind.INTERNAL, f"Internal error (request id {request_id}); see gateway logs.")
-                start, body = error_response(internal, request_id)
+                start, body = error_response(internal, request_id, endpoint)
                 await send(start)
                 await send(body)
         finally:
@@ -309,9 +311,11 @@ class Dispatch:
         if endpoint == "moderations":
             await moderations.handle(rt, ctx, send)
             return
-        if not isinstance(body, dict):
+        if endpoint == "messages":
+            doors.enter(ctx, doors.MESSAGES, body, rt.settings.limits)
+        elif not isinstance(body, dict):
             api.validate(endpoint, body)
-        await api.handle_complete(rt, ctx, endpoint, send, receive)
+        await api.handle_complete(rt, ctx, ctx.endpoint, send, receive)
 
 
 # ---- non-hot routes -------------------------------------------------------------------

@@ -127,7 +127,7 @@ class TargetSettings(Strict):
     """A concrete model behind a route: a provider plus how to reach it."""
 
     name: str | None = None  # unique; default "<provider>:<model>"
-    provider: Literal["openai", "mock", "local"]
+    provider: Literal["openai", "anthropic", "mock", "local"]
     model: str  # the provider's model name (mock: behaviour, local: a label)
     base_url: str | None = None  # openai
     api_key: SecretStr | None = None  # openai; usually ${ENV}
@@ -144,6 +144,8 @@ class TargetSettings(Strict):
 
     @model_validator(mode="after")
     def _check_provider_fields(self) -> TargetSettings:
+        if self.provider == "anthropic" and not self.base_url:
+            raise ValueError("provider `anthropic` needs `base_url` (e.g. https://api.anthropic.com/v1)")
         if self.provider == "openai" and not self.base_url:
             raise ValueError("provider `openai` needs `base_url` (e.g. http://127.0.0.1:8000/v1)")
         if self.base_url and not re.match(r"^https?://", self.base_url):

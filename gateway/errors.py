@@ -96,6 +96,29 @@ class GatewayError(Exception):
     def json_bytes(self) -> bytes:
         return orjson.dumps(self.body())
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The same error in Anthropic's shape (the ``/v1/messages`` door): its ``type`` from
+        the status this table gave, our ``code``/``param``/extras alongside."""
+        err: dict[str, Any] = {"type": anthropic_type(self.status), "message": self.message}
+        if self.code is not None:
+            err["code"] = self.code
+        if self.param is not None:
+            err["param"] = self.param
+        err.update(self.extra)
+        return {"type": "error", "error": err}
+
+    def json_bytes_for(self, door: str | None) -> bytes:
+        return orjson.dumps(self.anthropic_body()) if door == "messages" else self.json_bytes()
+
+
+# HTTP status -> Anthropic error type (https://docs.anthropic.com/en/api/errors)
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def anthropic_type(status: int) -> str:
+    return ANTHROPIC_TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
+
 
 def invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)

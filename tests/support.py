@@ -13,6 +13,8 @@
   decide by the keywords in ``GUARD_KEYWORDS``.
   ``tool-call`` answers with one tool call whose ``arguments`` are the last user
   message (streamed: the arguments in 8-character fragments).
+  ``POST /v1/messages`` is an Anthropic Messages upstream with the mock behaviours
+  (``tool:NAME`` calls a tool).
 - ``make_settings(...)``: gateway settings for a test, API key ``sk-test``.
 - ``gateway(settings)``: a real gateway on a free port -> (base_url, app).
 """
@@ -33,6 +35,7 @@ import uvicorn
 
 from gateway.app import Gatehouse, create_app
 from gateway.config import Settings, parse_settings
+from gateway.protocols import anthropic as anthropic_proto
 from gateway.providers import UpstreamFailure
 from gateway.providers.mock import MockEngine
 
@@ -160,6 +163,9 @@ class FakeUpstream:
             texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
             await self._json(send, 200, {"id": "modr-fake", "model": str(req.get("model")), "results": [moderation_result(t) for t in texts]})
             return
+        if path == "/v1/messages":
+            await self._messages(orjson.loads(body), send)
+            return
         endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}.get(path)
         if endpoint is None:
             await self._json(send, 404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
@@ -235,6 +241,34 @@ class FakeUpstream:
             await send({"type": "http.response.body", "body": event({"tool_calls": [piece]}), "more_body": True})
         await send({"type": "http.response.body", "body": event({}, "tool_calls") + b"data: [DONE]\n\n", "more_body": False})
 
+    async def _messages(self, req: dict[str, Any], send: Any) -> None:
+        """An Anthropic Messages upstream: the same mock behaviours, spoken in that protocol."""
+        self.requests.append(req)
+        if "max_tokens" not in req or not isinstance(req.get("messages"), list):
+            await self._json(send, 400, {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens and messages are required"}})
+            return
+        model = str(req.get("model"))
+        self.calls[model] += 1
+        core = anthropic_proto.request_to_core(req)
+        try:
+            await self.engine.delay(model)
+            self.engine.check_fault(model)
+        except UpstreamFailure as f:
+            await self._json(send, f.status or 500, {"type": "error", "error": {"type": "api_error", "message": f.message}})
+            return
+        if not req.get("stream"):
+            reply = anthropic_proto.reply_from_core(self.engine.complete("chat", model, core), model)
+            await self._json(send, 200, reply)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        enc = anthropic_proto.MessagesStreamEncoder(model)
+        core["stream_options"] = {"include_usage": True}
+        async for ev in self.engine.stream_events("chat", model, core):
+            data = enc.done() if ev == b"[DONE]" else enc.chunk(orjson.loads(ev))
+            if data:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     @staticmethod
     async def _json(send: Any, status: int, obj: Any, retry_after: str | None = None) -> None:
         headers = [(b"content-type", b"application/json")]
@@ -246,6 +280,12 @@ class FakeUpstream:
 
 def target(upstream_url: str, model: str, name: str | None = None, **kw: Any) -> dict[str, Any]:
     t = {"name": name or model, "provider": "openai", "base_url": upstream_url + "/v1", "model": model, "api_key": "sk-upstream"}
+    t.update(kw)
+    return t
+
+
+def anthropic_target(upstream_url: str, model: str, name: str | None = None, **kw: Any) -> dict[str, Any]:
+    t = {"name": name or f"anthropic:{model}", "provider": "anthropic", "base_url": upstream_url + "/v1", "model": model, "api_key": "sk-ant-upstream"}
     t.update(kw)
     return t
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 import yaml
 
+from gatehouse_core.feedback import Feedback
 from tests.support import API_KEY, serve_app
 from tests.test_tuning_datasets import rec
 from tuning import datasets as tds
-from tuning.feedback import Feedback
 from tuning.jobs import dpo, sft
 from tuning.registry import Registry
 from tuning.testing import build_tiny_lm

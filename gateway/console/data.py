@@ -3,7 +3,7 @@
 Everything here is read-only. The artifact registry and the feedback store belong to
 ``tuning/``, which the serving app never imports: their SQLite files are opened
 read-only (``mode=ro``) over their documented schemas (``tuning/registry.py``:
-``artifacts``/``links``; ``tuning/feedback.py``: ``feedback``).
+``artifacts``/``links``; ``gatehouse_core/feedback.py``: ``feedback``).
 """
 
 from __future__ import annotations

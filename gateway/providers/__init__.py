@@ -1,6 +1,7 @@
 """Upstream providers: one module each behind one small interface.
 
 ``openai``: any OpenAI-compatible HTTP upstream (OpenAI, vLLM, Ollama, TGI).
+``anthropic``: a native Anthropic Messages upstream (translated both ways).
 ``local``: in-process models from a local directory (transformers causal LM,
 sentence-transformers embeddings). ``mock``: deterministic behaviour chosen by
 model name, for demos and tests.
@@ -26,6 +27,10 @@ def build_provider(target: TargetSettings, client: httpx.AsyncClient) -> Provide
         from gateway.providers.openai import OpenAIProvider
 
         return OpenAIProvider(target, client)
+    if target.provider == "anthropic":
+        from gateway.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(target, client)
     if target.provider == "mock":
         from gateway.providers.mock import MockProvider
 

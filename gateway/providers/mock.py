@@ -10,6 +10,8 @@ model                  behaviour
 ``error:STATUS``       fails with HTTP STATUS (``error:429`` sends Retry-After: 0)
 ``stream-then-drop``   streams a few chunks, then the connection breaks
 ``judge-longer``       an arbiter: answers JSON choosing the longer of two answers
+``tool:NAME``          calls tool NAME with ``{"query": <last user text>}``; once the
+                       conversation holds a tool result, answers ``NAME says: <result>``
 ``no-usage:TEXT``      replies TEXT; its streams never send a usage chunk
 =====================  ==========================================================
 
@@ -87,7 +89,19 @@ def reply_text(model: str, body: dict[str, Any]) -> str:
         return " ".join(WORDS[i % len(WORDS)] for i in range(n))
     if model == "judge-longer":
         return judge_longer(body)
+    if model.startswith("tool:"):
+        results = [str(m.get("content", "")) for m in body.get("messages") or () if isinstance(m, dict) and m.get("role") == "tool"]
+        return f"{model[len('tool:'):]} says: {results[-1]}" if results else ""
     return last_user_text(body)
+
+
+def tool_call(model: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """``tool:NAME``: the call to make, or None when a tool result is already in the conversation."""
+    if not model.startswith("tool:") or any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or ()):
+        return None
+    args = orjson.dumps({"query": last_user_text(body)}).decode()
+    return {"id": "call_" + hashlib.sha256(args.encode()).hexdigest()[:16], "type": "function",
+            "function": {"name": model[len("tool:"):], "arguments": args}}
 
 
 def mock_embedding(text: str, dim: int = 16) -> list[float]:
@@ -136,6 +150,10 @@ class MockEngine:
                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage,
             }
+        call = tool_call(model, body)
+        message: dict[str, Any] = {"role": "assistant", "content": text if call is None else None, "refusal": None}
+        if call is not None:
+            message["tool_calls"] = [call]
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -144,9 +162,9 @@ class MockEngine:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": "stop" if call is None else "tool_calls",
                 }
             ],
             "usage": usage,
@@ -173,12 +191,20 @@ class MockEngine:
             return orjson.dumps({"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [choice]})
 
         yield chunk("", role=True)
+        call = tool_call(model, body) if chat else None
+        if call is not None:  # the call in two deltas, as real upstreams split arguments
+            args = call["function"]["arguments"]
+            first = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": args[:8]}}
+            for tc in (first, {"index": 0, "function": {"arguments": args[8:]}}):
+                choice = {"index": 0, "delta": {"tool_calls": [tc]}, "logprobs": None, "finish_reason": None}
+                yield orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]})
+            words = []
         for i, w in enumerate(words):
             if model == "stream-then-drop" and i == 3:
                 raise UpstreamFailure("drop", "mock upstream dropped the stream")
             yield chunk(w if i == 0 else " " + w)
             await asyncio.sleep(0)
-        yield chunk(None, "stop")
+        yield chunk(None, "stop" if call is None else "tool_calls")
         opts = body.get("stream_options") or {}
         if opts.get("include_usage") and not model.startswith("no-usage:"):
             pt, ct = prompt_tokens(body), count_tokens(text)

@@ -1,0 +1,431 @@
+"""Anthropic Messages <-> the gateway's core request shape, both ways.
+
+The core (stages, routing, records) works on one request shape, the Chat Completions body;
+this module is the Messages protocol's adapter onto it:
+
+- the ``/v1/messages`` door: ``request_to_core`` (client body in), ``reply_from_core``
+  (whole reply out), ``MessagesStreamEncoder`` (core stream chunks -> Anthropic SSE events);
+- the ``anthropic`` upstream provider: ``request_from_core`` (core body -> Messages body),
+  ``reply_to_core`` (Messages reply -> core reply), ``MessagesStreamDecoder`` (Anthropic SSE
+  events -> core chunks).
+
+Tools (``tool_use`` / ``tool_result`` <-> ``tool_calls`` / ``role: tool``), images, system
+prompts, stop sequences, usage and stop reasons are translated; a content block type the
+core cannot carry is a 400 naming it, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from gateway.errors import invalid
+
+# core finish_reason <-> Anthropic stop_reason
+STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal", "function_call": "tool_use"}
+FINISH_REASON = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
+# gateway extensions a client may send on this door too (`extra_body` in the SDK)
+EXTENSIONS = ("prompt", "grounding")
+DEFAULT_MAX_TOKENS = 1024  # asked of a Messages upstream when the core request names none
+
+
+def _text_of(content: Any, where: str) -> str:
+    """A system prompt or tool result: a string or a list of text blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for i, b in enumerate(content):
+            if not isinstance(b, dict) or b.get("type") != "text" or not isinstance(b.get("text"), str):
+                raise invalid(f"'{where}[{i}]' must be a text block here (image results are not supported).", f"{where}[{i}]")
+            out.append(b["text"])
+        return "\n".join(out)
+    if content is None:
+        return ""
+    raise invalid(f"'{where}' must be a string or a list of text blocks.", where)
+
+
+def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+    src = block.get("source")
+    if isinstance(src, dict) and src.get("type") == "base64" and isinstance(src.get("data"), str):
+        return {"type": "image_url", "image_url": {"url": f"data:{src.get('media_type', 'image/png')};base64,{src['data']}"}}
+    if isinstance(src, dict) and src.get("type") == "url" and isinstance(src.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": src["url"]}}
+    raise invalid(f"'{where}.source' must be a base64 or url image source.", f"{where}.source")
+
+
+# ---- the door: client Messages request -> core --------------------------------------------
+
+def request_to_core(body: Any) -> dict[str, Any]:
+    """A Messages request body as the core's request (Chat Completions shape)."""
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("'model' is required (a string).", "model")
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise invalid("'max_tokens' is required: an integer >= 1.", "max_tokens")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise invalid("'messages' must be a non-empty array.", "messages")
+    out: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system is not None:
+        out.append({"role": "system", "content": _text_of(system, "system")})
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise invalid(f"'{where}.role' must be 'user' or 'assistant'.", f"{where}.role")
+        out.extend(_message_to_core(m, where))
+    core: dict[str, Any] = {"model": model, "messages": out, "max_tokens": max_tokens}
+    for k in ("temperature", "top_p", "stream"):
+        if body.get(k) is not None:
+            core[k] = body[k]
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise invalid("'stop_sequences' must be an array of strings.", "stop_sequences")
+        core["stop"] = stops
+    meta = body.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
+        core["user"] = meta["user_id"]
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise invalid("'tools' must be an array.", "tools")
+        core["tools"] = [_tool_to_core(t, f"tools[{i}]") for i, t in enumerate(tools)]
+    choice = body.get("tool_choice")
+    if choice is not None:
+        core["tool_choice"] = _tool_choice_to_core(choice)
+    for k in EXTENSIONS:
+        if k in body:
+            core[k] = body[k]
+    return core
+
+
+def _tool_to_core(t: Any, where: str) -> dict[str, Any]:
+    if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+        raise invalid(f"'{where}' must be a tool with a 'name' and an 'input_schema'.", where)
+    if t.get("type") not in (None, "custom"):
+        raise invalid(f"'{where}.type' {t.get('type')!r}: only client tools (name, input_schema) are supported.", f"{where}.type")
+    fn: dict[str, Any] = {"name": t["name"], "parameters": t.get("input_schema") or {"type": "object"}}
+    if t.get("description"):
+        fn["description"] = t["description"]
+    return {"type": "function", "function": fn}
+
+
+def _tool_choice_to_core(choice: Any) -> Any:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "auto":
+        return "auto"
+    if kind == "any":
+        return "required"
+    if kind == "none":
+        return "none"
+    if kind == "tool" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise invalid("'tool_choice' must be {type: auto | any | none} or {type: tool, name}.", "tool_choice")
+
+
+def _message_to_core(m: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    role, content = m["role"], m.get("content")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise invalid(f"'{where}.content' must be a string or an array of content blocks.", f"{where}.content")
+    parts: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for j, b in enumerate(content):
+        bw = f"{where}.content[{j}]"
+        kind = b.get("type") if isinstance(b, dict) else None
+        if kind == "text" and isinstance(b.get("text"), str):
+            parts.append({"type": "text", "text": b["text"]})
+        elif kind == "image" and role == "user":
+            parts.append(_image_part(b, bw))
+        elif kind == "tool_use" and role == "assistant":
+            calls.append({"id": str(b.get("id", "")), "type": "function",
+                          "function": {"name": str(b.get("name", "")), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+        elif kind == "tool_result" and role == "user":
+            text = _text_of(b.get("content"), f"{bw}.content")
+            if b.get("is_error"):
+                text = f"[tool error] {text}"
+            results.append({"role": "tool", "tool_call_id": str(b.get("tool_use_id", "")), "content": text})
+        else:
+            raise invalid(f"'{bw}.type' {kind!r} is not supported in a {role} message "
+                          "(text, image, tool_use from the assistant, tool_result from the user).", f"{bw}.type")
+    out: list[dict[str, Any]] = list(results)
+    if role == "assistant":
+        msg: dict[str, Any] = {"role": "assistant", "content": "".join(p["text"] for p in parts) or None}
+        if calls:
+            msg["tool_calls"] = calls
+        out.append(msg)
+    elif parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        out.append({"role": "user", "content": "\n".join(p["text"] for p in parts) if only_text and len(parts) == 1 else parts})
+    return out
+
+
+# ---- the door: core reply -> Messages reply -----------------------------------------------
+
+def _usage(usage: Any) -> dict[str, int]:
+    u = usage if isinstance(usage, dict) else {}
+    return {"input_tokens": int(u.get("prompt_tokens") or 0), "output_tokens": int(u.get("completion_tokens") or 0)}
+
+
+def reply_from_core(reply: dict[str, Any], model: str) -> dict[str, Any]:
+    choices = reply.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    msg = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    text = msg.get("content") if isinstance(msg, dict) else None
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    for call in (msg.get("tool_calls") or []) if isinstance(msg, dict) else []:
+        fn = call.get("function") or {}
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            args = {"_raw": fn.get("arguments")}
+        content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:20]}", "name": fn.get("name", ""), "input": args})
+    out: dict[str, Any] = {
+        "id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant", "model": model, "content": content,
+        "stop_reason": STOP_REASON.get(choice.get("finish_reason") or "stop", "end_turn"), "stop_sequence": None,
+        "usage": _usage(reply.get("usage")),
+    }
+    if isinstance(choice.get("content_filter_results"), dict):
+        out["gatehouse_content_filter"] = choice["content_filter_results"]
+    if "gatehouse_grounding" in reply:
+        out["gatehouse_grounding"] = reply["gatehouse_grounding"]
+    return out
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class MessagesStreamEncoder:
+    """Core stream chunks (Chat Completions chunk dicts) -> Anthropic SSE events."""
+
+    def __init__(self, model: str, input_tokens: int = 0) -> None:
+        self.model = model
+        self.input_tokens = input_tokens
+        self.started = False
+        self.block: int = -1  # index of the open content block, -1 when none is open
+        self.block_kind: str | None = None
+        self.tool_blocks: dict[int, int] = {}  # core tool_call index -> block index
+        self.finish: str | None = None
+        self.output_tokens = 0
+
+    def _start(self) -> bytes:
+        if self.started:
+            return b""
+        self.started = True
+        msg = {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant", "model": self.model, "content": [],
+               "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}
+        return _event("message_start", {"type": "message_start", "message": msg})
+
+    def _close_block(self) -> bytes:
+        if self.block < 0 or self.block_kind is None:
+            return b""
+        self.block_kind = None
+        return _event("content_block_stop", {"type": "content_block_stop", "index": self.block})
+
+    def _open(self, kind: str, block: dict[str, Any]) -> bytes:
+        out = self._close_block()
+        self.block += 1
+        self.block_kind = kind
+        return out + _event("content_block_start", {"type": "content_block_start", "index": self.block, "content_block": block})
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        out = self._start()
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.input_tokens = int(usage.get("prompt_tokens") or self.input_tokens)
+            self.output_tokens = int(usage.get("completion_tokens") or 0)
+        for c in chunk.get("choices") or ():
+            delta = c.get("delta") or {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                if self.block_kind != "text":
+                    out += self._open("text", {"type": "text", "text": ""})
+                out += _event("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                                      "delta": {"type": "text_delta", "text": text}})
+            for tc in delta.get("tool_calls") or ():
+                i = tc.get("index", 0)
+                fn = tc.get("function") or {}
+                if i not in self.tool_blocks:
+                    out += self._open("tool_use", {"type": "tool_use", "id": tc.get("id") or f"toolu_{uuid.uuid4().hex[:20]}",
+                                                   "name": fn.get("name", ""), "input": {}})
+                    self.tool_blocks[i] = self.block
+                args = fn.get("arguments")
+                if isinstance(args, str) and args:
+                    out += _event("content_block_delta", {"type": "content_block_delta", "index": self.tool_blocks[i],
+                                                          "delta": {"type": "input_json_delta", "partial_json": args}})
+            if c.get("finish_reason"):
+                self.finish = c["finish_reason"]
+        return out
+
+    def done(self, output_tokens: int | None = None) -> bytes:
+        out = self._start() + self._close_block()
+        delta = {"stop_reason": STOP_REASON.get(self.finish or "stop", "end_turn"), "stop_sequence": None}
+        n = output_tokens if output_tokens is not None else self.output_tokens
+        out += _event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": n}})
+        return out + _event("message_stop", {"type": "message_stop"})
+
+    def blocked(self, message: str, detail: dict[str, Any]) -> bytes:
+        """Cut by an output guardrail: stop_reason ``refusal``, then an error event naming the rule."""
+        out = self._start() + self._close_block()
+        out += _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": None},
+                                        "usage": {"output_tokens": self.output_tokens}, "gatehouse_content_filter": detail})
+        return out + _event("error", {"type": "error", "error": {"type": "invalid_request_error", "message": message, **detail}})
+
+    def broken(self, message: str) -> bytes:
+        return self._start() + _event("error", {"type": "error", "error": {"type": "api_error", "message": message}})
+
+
+# ---- the provider: core request -> Messages request, and replies back ---------------------
+
+def request_from_core(core: dict[str, Any], model: str) -> dict[str, Any]:
+    """The core request (Chat Completions shape) as a Messages request for ``model``."""
+    system: list[str] = []
+    msgs: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if msgs and msgs[-1]["role"] == role:  # Messages wants alternating turns: merge
+            msgs[-1]["content"].extend(blocks)
+        else:
+            msgs.append({"role": role, "content": blocks})
+
+    for m in core.get("messages") or ():
+        role, content = m.get("role"), m.get("content")
+        if role in ("system", "developer"):
+            system.append(content if isinstance(content, str) else " ".join(p.get("text", "") for p in content or () if isinstance(p, dict)))
+        elif role == "tool":
+            add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": content if isinstance(content, str) else ""}])
+        elif role in ("user", "assistant"):
+            blocks: list[dict[str, Any]] = []
+            if isinstance(content, str) and content:
+                blocks.append({"type": "text", "text": content})
+            elif isinstance(content, list):
+                for p in content:
+                    if p.get("type") == "text":
+                        blocks.append({"type": "text", "text": p.get("text", "")})
+                    elif p.get("type") == "image_url":
+                        url = (p.get("image_url") or {}).get("url", "")
+                        if url.startswith("data:") and ";base64," in url:
+                            media, data = url[5:].split(";base64,", 1)
+                            blocks.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+                        else:
+                            blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+            for call in m.get("tool_calls") or ():
+                fn = call.get("function") or {}
+                try:
+                    args = orjson.loads(fn.get("arguments") or "{}")
+                except orjson.JSONDecodeError:
+                    args = {}
+                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": args})
+            add(role, blocks or [{"type": "text", "text": ""}])
+    out: dict[str, Any] = {"model": model, "messages": msgs,
+                           "max_tokens": core.get("max_completion_tokens") or core.get("max_tokens") or DEFAULT_MAX_TOKENS}
+    if system:
+        out["system"] = "\n\n".join(system)
+    for k in ("temperature", "top_p", "stream"):
+        if core.get(k) is not None:
+            out[k] = core[k]
+    stop = core.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if core.get("tools"):
+        out["tools"] = [{"name": t["function"]["name"], "description": t["function"].get("description", ""),
+                         "input_schema": t["function"].get("parameters") or {"type": "object"}} for t in core["tools"] if t.get("type") == "function"]
+    choice = core.get("tool_choice")
+    if choice == "auto":
+        out["tool_choice"] = {"type": "auto"}
+    elif choice == "required":
+        out["tool_choice"] = {"type": "any"}
+    elif choice == "none":
+        out["tool_choice"] = {"type": "none"}
+    elif isinstance(choice, dict):
+        out["tool_choice"] = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
+    if isinstance(core.get("user"), str):
+        out["metadata"] = {"user_id": core["user"]}
+    return out
+
+
+def reply_to_core(msg: dict[str, Any], model: str) -> dict[str, Any]:
+    text = "".join(b.get("text", "") for b in msg.get("content") or () if b.get("type") == "text")
+    calls = [{"id": b.get("id", ""), "type": "function", "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}}
+             for b in msg.get("content") or () if b.get("type") == "tool_use"]
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    u = msg.get("usage") or {}
+    pt, ct = int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
+    return {
+        "id": "chatcmpl-" + str(msg.get("id", uuid.uuid4().hex)), "object": "chat.completion", "created": int(time.time()),
+        "model": msg.get("model") or model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH_REASON.get(msg.get("stop_reason") or "end_turn", "stop")}],
+        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+    }
+
+
+class MessagesStreamDecoder:
+    """Anthropic SSE event payloads -> core chunk payloads (JSON bytes, ending with ``[DONE]``)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.tool_index: dict[int, int] = {}  # block index -> core tool_call index
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Core payloads for one upstream event; raises ``ValueError`` on an upstream error event."""
+        try:
+            ev = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []
+        kind = ev.get("type")
+        if kind == "message_start":
+            m = ev.get("message") or {}
+            self.model = m.get("model") or self.model
+            self.input_tokens = int((m.get("usage") or {}).get("input_tokens") or 0)
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            block = ev.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                n = self.tool_index[ev.get("index", 0)] = len(self.tool_index)
+                return [self._chunk({"tool_calls": [{"index": n, "id": block.get("id", ""), "type": "function",
+                                                      "function": {"name": block.get("name", ""), "arguments": ""}}]})]
+            return []
+        if kind == "content_block_delta":
+            d = ev.get("delta") or {}
+            if d.get("type") == "text_delta":
+                return [self._chunk({"content": d.get("text", "")})]
+            if d.get("type") == "input_json_delta":
+                n = self.tool_index.get(ev.get("index", 0), 0)
+                return [self._chunk({"tool_calls": [{"index": n, "function": {"arguments": d.get("partial_json", "")}}]})]
+            return []
+        if kind == "message_delta":
+            self.output_tokens = int((ev.get("usage") or {}).get("output_tokens") or self.output_tokens)
+            reason = (ev.get("delta") or {}).get("stop_reason")
+            return [self._chunk({}, FINISH_REASON.get(reason or "end_turn", "stop"))]
+        if kind == "message_stop":
+            usage = {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
+                     "total_tokens": self.input_tokens + self.output_tokens}
+            return [orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                                  "choices": [], "usage": usage}), b"[DONE]"]
+        if kind == "error":
+            err = ev.get("error") or {}
+            raise ValueError(str(err.get("message") or err))
+        return []

@@ -1,0 +1,71 @@
+"""A native Anthropic Messages upstream (``provider: anthropic``), over the app's shared client.
+
+The core request (Chat Completions shape) is translated to ``POST {base_url}/messages``
+and the reply, stream events, tool calls and usage back (``gateway.protocols.anthropic``),
+so any door can be served by a Messages upstream. Transport, timeouts and failure
+translation are the OpenAI provider's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import TargetSettings
+from gateway.protocols import anthropic as proto
+from gateway.providers.base import TRACEPARENT, StreamReply, UpstreamFailure
+from gateway.providers.openai import OpenAIProvider
+from gateway.types import Endpoint
+
+API_VERSION = "2023-06-01"
+
+
+class AnthropicProvider(OpenAIProvider):
+    def __init__(self, target: TargetSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(target, client)
+        self.capabilities = frozenset(target.capabilities or ("chat", "streaming"))
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION, **target.headers}
+        if target.api_key is not None and target.api_key.get_secret_value():
+            headers["x-api-key"] = target.api_key.get_secret_value()
+        self.header_items = list(headers.items())
+        self.url = httpx.URL(self.base_url + "/messages")
+
+    def _request(self, endpoint: Endpoint, body: dict[str, Any]) -> httpx.Request:
+        if endpoint != "chat":
+            raise UpstreamFailure("unsupported", f"an anthropic target serves chat only, not {endpoint}")
+        content = orjson.dumps(proto.request_from_core(body, self.target.model))
+        headers = [*self.header_items, ("host", self.url.netloc.decode("ascii")), ("content-length", str(len(content)))]
+        traceparent = TRACEPARENT.get()
+        if traceparent is not None:
+            headers.append(("traceparent", traceparent))
+        return httpx.Request("POST", self.url, content=content, headers=headers, extensions={"timeout": self.timeout})
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        reply = await super().complete(endpoint, body)
+        if reply.get("type") != "message":
+            raise UpstreamFailure("status", "the anthropic upstream did not answer with a message", status=502)
+        return proto.reply_to_core(reply, self.target.model)
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+        reply = await super().stream(endpoint, body)
+        return StreamReply(self._decoded(reply.events))
+
+    async def _decoded(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[bytes]]:
+        decoder = proto.MessagesStreamDecoder(self.target.model)
+        try:
+            async for batch in events:
+                out = [p for ev in batch for p in decoder.feed(ev)]
+                if out:
+                    yield out
+        except ValueError as exc:
+            raise UpstreamFailure("drop", f"the anthropic upstream sent an error event: {exc}") from exc
+        finally:
+            closer = getattr(events, "aclose", None)
+            if closer is not None:
+                await closer()
+
+
+
