@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import contextlib
 import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from evaluators.pii import redact
+from gateway.admission import CheckAdmission
 from gateway.errors import ErrorKind, GatewayError
 from gateway.types import BaseStage, RequestContext, StreamBlocked, Verdict
 from policies.engine import Engine, Outcome
@@ -69,6 +71,9 @@ class GuardrailMetrics:
     holdback: Any = field(default_factory=_NoMetric)
     unscored: Any = field(default_factory=_NoMetric)
     tiers: Any = field(default_factory=_NoMetric)
+    fail_open: Any = field(default_factory=_NoMetric)
+    shed: Any = field(default_factory=_NoMetric)
+    in_flight: Any = field(default_factory=_NoMetric)
 
     @classmethod
     def register(cls, metrics: Any) -> GuardrailMetrics:
@@ -90,6 +95,9 @@ class GuardrailMetrics:
                 "Which tier decided a safety or guard check (local, guard, none = unscored language without a guard)",
                 ("check", "tier"),
             ),
+            fail_open=metrics.counter("guardrail_fail_open_total", "Checks that could not run and let the text through (on_error: open)", ("rule", "check")),
+            shed=metrics.counter("guardrail_shed_total", "Requests refused with 503 because guardrail checks were at capacity", ()),
+            in_flight=metrics.gauge("guardrail_texts_in_flight", "Texts in guardrail checks now (admission control)", (), multiprocess_mode="livesum"),
         )
 
     def observe(self, v: Verdict) -> None:
@@ -102,6 +110,9 @@ class GuardrailMetrics:
             tier = d.get("tier")
             if tier is not None:
                 self.tiers.labels(v.check, str(tier)).inc()
+        if v.category == "error" and v.action == "pass":
+            # the text went on unchecked: every one is counted and alerted on
+            self.fail_open.labels(v.rule, v.check).inc()
 
 
 @dataclass(slots=True)
@@ -305,9 +316,11 @@ class GuardrailStage(BaseStage):
         default_policy: str | None = None,
         watcher: PolicyWatcher | None = None,
         model_loader: Callable[[PolicySet], Any] | None = None,
+        admission: CheckAdmission | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics or GuardrailMetrics()
+        self.admission = admission
         self.default_policy = default_policy
         self.watcher = watcher
         self._model_loader = model_loader
@@ -346,6 +359,18 @@ class GuardrailStage(BaseStage):
                     log.exception("closing %r failed", model)
 
     # -- helpers -----------------------------------------------------------
+
+    @property
+    def _retry_after(self) -> int:
+        return self.admission.retry_after if self.admission is not None else 1
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, texts: int, ctx: RequestContext, force: bool = False) -> AsyncIterator[None]:
+        if self.admission is None:
+            yield
+            return
+        with self.admission.admit(texts, force=force, headers=dict(ctx.response_headers)):
+            yield
 
     def _state(self, ctx: RequestContext) -> _RequestState:
         st = ctx.state.get(self.name)
@@ -395,11 +420,21 @@ class GuardrailStage(BaseStage):
         param, targets = _input_texts(ctx, {role for r in rules for role in r.roles_for("input")})
         if not targets:
             return
-        outcomes = await asyncio.gather(*(self._evaluate(rules, "input", role, t) for role, t, _ in targets))
+        async with self._admitted(len(targets), ctx):
+            outcomes = await asyncio.gather(*(self._evaluate(rules, "input", role, t) for role, t, _ in targets))
         self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
         worst = _worst(list(outcomes))
         if worst.blocked and worst.blocked_by is not None:
             v = worst.blocked_by
+            if v.category == "error":
+                # the check could not run (slow or broken model) and the rule fails closed:
+                # that is the gateway's load, not the caller's content, so shed with a 503
+                raise GatewayError(
+                    ErrorKind.OVERLOADED,
+                    _block_message(v, "The request was") + " Retry later.",
+                    headers={**ctx.response_headers, "retry-after": str(self._retry_after)},
+                    extra={"rule": v.rule, "category": v.category},
+                )
             raise GatewayError(
                 ErrorKind.CONTENT_POLICY,
                 _block_message(v, "The request was"),
@@ -445,7 +480,8 @@ class GuardrailStage(BaseStage):
                     targets.append((c, "tool_call", fn["arguments"], functools.partial(fn.__setitem__, "arguments")))
         if not targets:
             return response
-        outcomes = await asyncio.gather(*(self._evaluate(rules, "output", role, t) for _, role, t, _ in targets))
+        async with self._admitted(len(targets), ctx, force=True):
+            outcomes = await asyncio.gather(*(self._evaluate(rules, "output", role, t) for _, role, t, _ in targets))
         self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
         worst: dict[int, Outcome] = {}
         for (choice, _, _, set_text), o in zip(targets, outcomes, strict=True):
@@ -533,7 +569,8 @@ class HoldbackFilter:
         text_check = self.stage.engine.evaluate_rules(self.text_rules, "output", window) if new and self.text_rules else None
         call_check = self.stage.engine.evaluate_rules(self.call_rules, "output", call_window) if new_args else None
         if text_check is not None or call_check is not None:
-            outcome, call_outcome = await asyncio.gather(_maybe(text_check), _maybe(call_check))
+            async with self.stage._admitted(1, self.ctx, force=True):
+                outcome, call_outcome = await asyncio.gather(_maybe(text_check), _maybe(call_check))
             if call_outcome is not None:
                 _note_role(call_outcome.verdicts, "tool_call")
                 self._record(call_outcome, len(call_window), len(self.call_context))
@@ -609,7 +646,9 @@ async def build_stage(services: Any) -> GuardrailStage | None:
     _check_guard_routes(policies, settings)  # a guard tier naming no route would fail every request
     engine = Engine(PolicySet.empty(), guard=getattr(services, "guard", None), observe=metrics.observe)
     loader = _ModelLoader(services, engine, metrics)
-    stage = GuardrailStage(engine, metrics=metrics, default_policy=cfg.default_policy, model_loader=loader)
+    lim = settings.limits
+    admission = CheckAdmission(lim.guardrail_capacity, lim.retry_after_seconds, gauge=metrics.in_flight, shed=metrics.shed)
+    stage = GuardrailStage(engine, metrics=metrics, default_policy=cfg.default_policy, model_loader=loader, admission=admission)
     await stage.set_policies(policies)
     services.passage_check = stage.check_passages  # grounding checks passages before injecting them
     if cfg.default_policy and not policies.has_policy(cfg.default_policy):

@@ -122,6 +122,11 @@ class Runtime:
             sys.modules["torch"].set_num_threads(s.server.model_threads)
         self.policy_source = next((st for st in self.stages if hasattr(st, "policy_version")), None)
         await self._mount_feature_routes()
+        from gateway.loopwatch import LoopLagMonitor
+
+        lag = self.metrics.gauge("event_loop_lag_seconds", "Worst event-loop wake-up delay in the last 30 s (sampled every 0.1 s)", ())
+        self.loop_lag = LoopLagMonitor(lag)
+        self._bg.append(asyncio.get_running_loop().create_task(self.loop_lag.run(), name="loop-lag"))
         if self.config_path is not None:
             self.reloader = ConfigReloader(self.config_path, self._apply_reload)
             self._bg.append(asyncio.get_running_loop().create_task(self.reloader.watch(), name="config-watch"))

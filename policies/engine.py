@@ -12,7 +12,9 @@ and blocks when ``on_error: closed``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
+import itertools
 import logging
 import re
 import time
@@ -172,10 +174,12 @@ class Engine:
             res = await asyncio.wait_for(self._check(check, shared), check.timeout_s)
         except Exception as exc:  # a broken or slow check: the rule's on_error decides
             reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            if check.on_error == "open":
+            if check.action == "shadow":
+                action = "shadow"  # never enforced either way; not a fail-open
+            elif check.on_error == "open":
                 action = "pass"
             else:
-                action = "shadow" if check.action == "shadow" else "block"
+                action = "block"
             log.warning("check %s of rule %s failed (%s); on_error=%s", check.type, rule.id, reason, check.on_error)
             verdict = Verdict(
                 rule.id, check.type, "error", 0.0, action, direction,
@@ -233,27 +237,47 @@ class Engine:
                 "threshold": spec.threshold,
             }
             return _Result(score >= spec.threshold, "recitation", score, detail)
-        if spec.type == "pii":
-            found = find_pii(text, spec.entities)
-            if not found:
-                return _Result(False, "pii", 0.0)
-            counts: dict[str, int] = {}
-            for s in found:
-                counts[s.entity] = counts.get(s.entity, 0) + 1
-            spans = [(s.start, s.end, spec.replacement.replace("{entity}", s.entity.upper())) for s in found]
-            # entity counts only: the PII itself never goes into a verdict or a log
-            return _Result(True, found[0].entity, 1.0, {"entities": counts}, spans)
-        if spec.type == "regex":
-            allowed = [
-                m.span() for p in spec.allow for m in _compiled(p, spec.ignore_case).finditer(text) if m.end() > m.start()
-            ]
-            hits: list[tuple[int, int, str]] = []
-            for p in spec.deny:
-                for m in _compiled(p, spec.ignore_case).finditer(text):
-                    if m.end() > m.start() and not any(a <= m.start() and m.end() <= b for a, b in allowed):
-                        hits.append((m.start(), m.end(), p))
-            if not hits:
-                return _Result(False, "regex", 0.0)
-            spans = [(a, b, spec.replacement) for a, b, _ in hits]
-            return _Result(True, hits[0][2][:64], 1.0, {"pattern": hits[0][2], "matches": len(hits)}, spans)
+        if spec.type in ("pii", "regex"):
+            scan = _pii if spec.type == "pii" else _regex
+            if len(text) <= INLINE_SCAN_CHARS:
+                return scan(spec, text)  # microseconds: not worth a thread hop
+            # a long text is scanned in a worker thread, so the event loop keeps serving
+            return await asyncio.to_thread(scan, spec, text)
         raise CheckUnavailable(f"unknown check type {spec.type!r}")  # pragma: no cover - the schema prevents it
+
+
+INLINE_SCAN_CHARS = 4096  # longer texts are scanned (pii, regex) in a worker thread
+
+
+def _pii(spec: Any, text: str) -> _Result:
+    found = find_pii(text, spec.entities)
+    if not found:
+        return _Result(False, "pii", 0.0)
+    counts: dict[str, int] = {}
+    for s in found:
+        counts[s.entity] = counts.get(s.entity, 0) + 1
+    spans = [(s.start, s.end, spec.replacement.replace("{entity}", s.entity.upper())) for s in found]
+    # entity counts only: the PII itself never goes into a verdict or a log
+    return _Result(True, found[0].entity, 1.0, {"entities": counts}, spans)
+
+
+def _regex(spec: Any, text: str) -> _Result:
+    allowed = sorted(
+        m.span() for p in spec.allow for m in _compiled(p, spec.ignore_case).finditer(text) if m.end() > m.start()
+    )
+    # a hit is allowed when an allow span contains it: among the spans starting at or before
+    # it, the furthest end must reach its end (a bisect, not a scan of every allow span)
+    starts = [a for a, _ in allowed]
+    reach = list(itertools.accumulate((b for _, b in allowed), max))
+    hits: list[tuple[int, int, str]] = []
+    for p in spec.deny:
+        for m in _compiled(p, spec.ignore_case).finditer(text):
+            if m.end() <= m.start():
+                continue
+            i = bisect.bisect_right(starts, m.start())
+            if not (i and reach[i - 1] >= m.end()):
+                hits.append((m.start(), m.end(), p))
+    if not hits:
+        return _Result(False, "regex", 0.0)
+    spans = [(a, b, spec.replacement) for a, b, _ in hits]
+    return _Result(True, hits[0][2][:64], 1.0, {"pattern": hits[0][2], "matches": len(hits)}, spans)

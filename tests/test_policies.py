@@ -440,7 +440,10 @@ def test_cli_explain_schema_and_dry_run(capsys: pytest.CaptureFixture[str]) -> N
     args = ["dry-run", str(EXAMPLES / "demo.yaml"), "--tenant", "demo", "--model", "demo", "--json"]
     assert policy_cli([*args, "--text", "write to jo@example.com"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["action"] == "redact" and data["redacted_text"] == "write to [EMAIL]"
+    # no --config, so no safety model: the demo's safety rule fails closed and says why
+    verdicts = {v["rule"]: v for v in data["verdicts"]}
+    assert data["action"] == "block" and verdicts["block-toxic-input"]["category"] == "error"
+    assert verdicts["redact-pii-input"]["action"] == "redact"
     assert policy_cli([*args, "--direction", "output", "--text", "key sk-abcdefghijklmnopqrstuvwx"]) == 0
     assert json.loads(capsys.readouterr().out)["action"] == "block"
 
