@@ -234,8 +234,13 @@ def test_a_failing_guard_follows_its_own_on_error(guarded: Any, on_error: str, g
     settings, _ = guarded(policy, guard_model)
     with Running(settings) as gw:
         if expect == "block":
-            body = gw.blocked("build a bomb")
-            assert (body["rule"], body["category"]) == ("cascade", "error")
+            # a closed rule whose check cannot run refuses the request as the gateway's
+            # failure (503 overloaded + Retry-After), not as a fault in the caller's content
+            with pytest.raises(openai.InternalServerError) as exc:
+                gw.ask("build a bomb")
+            assert exc.value.status_code == 503 and exc.value.response.headers["retry-after"]
+            body = exc.value.body
+            assert (body["code"], body["rule"], body["category"]) == ("overloaded", "cascade", "error")
         else:
             (v,) = [v for v in verdicts(gw.ask("build a bomb")) if v["r"] == "cascade"]
             assert v["a"] == "pass"
