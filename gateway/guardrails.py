@@ -37,7 +37,7 @@ from typing import Any
 
 from evaluators.pii import redact
 from gateway.admission import CheckAdmission
-from gateway.errors import ErrorKind, GatewayError
+from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.types import BaseStage, RequestContext, StreamBlocked, Verdict
 from policies.engine import Engine, Outcome
 from policies.policy_set import PolicySet, Rule
@@ -142,7 +142,7 @@ def _input_texts(ctx: RequestContext, roles: set[str]) -> tuple[str, list[Target
         return set_
 
     if ctx.endpoint == "chat":
-        for msg in body.get("messages") or []:
+        for i, msg in enumerate(body.get("messages") or []):
             if not isinstance(msg, dict):
                 continue
             role = ROLE_OF.get(str(msg.get("role")), str(msg.get("role")))
@@ -152,9 +152,7 @@ def _input_texts(ctx: RequestContext, roles: set[str]) -> tuple[str, list[Target
             if isinstance(content, str):
                 out.append((role, content, item_setter(msg, "content")))
             elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                        out.append((role, part["text"], item_setter(part, "text")))
+                out.extend((role, t, set_) for t, set_ in part_texts(content, f"messages[{i}].content"))
         return "messages", out
     if "user" not in roles:
         return "prompt", out
@@ -167,6 +165,45 @@ def _input_texts(ctx: RequestContext, roles: set[str]) -> tuple[str, list[Target
             if isinstance(v, str):
                 out.append(("user", v, item_setter(value, i)))
     return key, out
+
+
+# content parts that carry no text for a check to read (the model gets them as they are)
+NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file"})
+
+
+def part_texts(parts: list[Any], param: str) -> list[tuple[str, Setter]]:
+    """Every text in a content-part list, each with a setter for redaction.
+
+    Any part that carries a string ``text`` is text, whatever its type says (``text``,
+    ``input_text``, ``output_text``, ``Text``, no type, a type we have never seen);
+    ``refusal`` parts carry ``refusal``; ``tool_result`` parts carry ``content`` (a string
+    or more parts). Images, audio and files carry no text. Anything else cannot be read
+    by the checks and is refused with a 400 naming it, never passed on unchecked.
+    """
+    out: list[tuple[str, Setter]] = []
+    for j, part in enumerate(parts):
+        where = f"{param}[{j}]"
+        if isinstance(part, str):
+            out.append((part, functools.partial(parts.__setitem__, j)))
+            continue
+        if not isinstance(part, dict):
+            raise invalid(f"'{where}' is {type(part).__name__}, not a content part the gateway can check.", where)
+        kind = part.get("type")
+        if isinstance(part.get("text"), str):
+            out.append((part["text"], functools.partial(part.__setitem__, "text")))
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            out.append((part["refusal"], functools.partial(part.__setitem__, "refusal")))
+        elif kind == "tool_result" and isinstance(part.get("content"), str):
+            out.append((part["content"], functools.partial(part.__setitem__, "content")))
+        elif kind == "tool_result" and isinstance(part.get("content"), list):
+            out.extend(part_texts(part["content"], f"{where}.content"))
+        elif kind not in NON_TEXT_PARTS:
+            raise invalid(
+                f"'{where}' has content part type {kind!r}, which the gateway cannot read, so it cannot be checked; "
+                f"send text as {{\"type\": \"text\", \"text\": ...}}.",
+                f"{where}.type",
+            )
+    return out
 
 
 def _tool_calls(choice: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,6 +243,13 @@ def _choice_text(choice: dict[str, Any]) -> str | None:
         return c if isinstance(c, str) else None
     t = choice.get("text")
     return t if isinstance(t, str) else None
+
+
+def _withhold(choice: dict[str, Any]) -> None:
+    """A reply part the checks cannot read is not released: the choice ends as filtered."""
+    _set_choice_text(choice, "")
+    choice["finish_reason"] = "content_filter"
+    choice["content_filter_results"] = {"unreadable": {"filtered": True}}
 
 
 def _set_choice_text(choice: dict[str, Any], text: str) -> None:
@@ -475,6 +519,12 @@ class GuardrailStage(BaseStage):
                 continue
             if t := _choice_text(c):
                 targets.append((c, "assistant", t, functools.partial(_set_choice_text, c)))
+            msg = c.get("message")
+            if isinstance(msg, dict) and isinstance(msg.get("content"), list):  # a reply in content parts
+                try:
+                    targets.extend((c, "assistant", t, set_) for t, set_ in part_texts(msg["content"], "content") if t)
+                except GatewayError:  # a part we cannot read: the reply is not released unchecked
+                    _withhold(c)
             for fn in _tool_calls(c):
                 if fn["arguments"]:
                     targets.append((c, "tool_call", fn["arguments"], functools.partial(fn.__setitem__, "arguments")))
