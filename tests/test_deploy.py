@@ -67,7 +67,7 @@ EXTRA_METRICS = {
     "gatehouse_budget_threshold_crossed_total",
     "gatehouse_budget_redis_errors_total",
     "gatehouse_tracing_exported_spans_total",  # gateway/tracing.py
-    "gatehouse_event_loop_lag_seconds",  # gateway/app.py (gateway/loopwatch.py)
+    "gatehouse_event_loop_lag_seconds",  # gateway/runtime.py (gateway/loopwatch.py)
     "gatehouse_guardrail_fail_open_total",  # gateway/guardrails.py
     "gatehouse_guardrail_shed_total",  # gateway/guardrails.py
 }
