@@ -16,11 +16,14 @@ class Strict(BaseModel):
 
 
 class SafetySettings(Strict):
-    backend: Literal["minilm-head", "detoxify", "none"] = "minilm-head"
+    # categories (default): every harm category of evaluators.safety.taxonomy plus the legacy
+    # toxicity / identity_attack, from one MiniLM embedding; minilm-head: the legacy two only
+    backend: Literal["categories", "minilm-head", "detoxify", "none"] = "categories"
     checkpoint: str | None = None  # detoxify: local .ckpt
     checkpoint_sha256: str | None = None
-    model_dir: str | None = None  # detoxify: local config/tokenizer directory; minilm-head: embedder
-    head: str | None = None  # minilm-head: trained head artifact (default: shipped)
+    model_dir: str | None = None  # detoxify: local config/tokenizer directory; minilm-head/categories: embedder
+    head: str | None = None  # minilm-head: trained head artifact; categories: the legacy head (default: shipped)
+    artifact_dir: str | None = None  # categories: head.npz + MANIFEST.json directory (default: shipped)
     max_batch: int = Field(32, ge=1)
     # 0: an idle model runs at once with whatever is queued; texts that arrive while it is
     # busy form the next batch. A wait only pays when a batched forward pass is cheaper per

@@ -747,6 +747,7 @@ class _ModelLoader:
         self.services = services
         self.engine = engine
         self.metrics = metrics
+        self.started = False
 
     async def __call__(self, policies: PolicySet) -> None:
         settings = self.services.settings
@@ -757,9 +758,12 @@ class _ModelLoader:
                 try:
                     self.engine.safety = await asyncio.to_thread(self._load_safety)
                 except Exception:
-                    # degrade loudly rather than refuse to start: each safety check then
-                    # follows its on_error (closed rules block, open rules pass with an
-                    # `error` verdict counted in guardrail_checks_total{action="error"})
+                    if not self.started:
+                        raise  # a scorer that cannot load (e.g. a missing artifact) stops startup
+                    # on a later policy reload, degrade loudly rather than stop a serving
+                    # gateway: each safety check then follows its on_error (closed rules
+                    # block, open rules pass with an `error` verdict counted in
+                    # guardrail_checks_total{action="error"})
                     log.exception("could not load the safety scorer (safety.backend=%s)", settings.safety.backend)
         if policies.needs("safety") and self.engine.safety is not None:
             _warn_unscored(policies, self.engine.safety)  # on every (re)load of the policies
@@ -774,12 +778,13 @@ class _ModelLoader:
                     self.engine.recitation = await asyncio.to_thread(RecitationIndex.load, path)
                 except Exception:
                     log.exception("could not load the recitation index %s", path)
+        self.started = True
 
     def _load_safety(self) -> Any:
         from evaluators.safety import load_scorer
 
         settings = self.services.settings
         embedder = None
-        if settings.safety.backend == "minilm-head" and hasattr(self.services, "embedder"):
+        if settings.safety.backend in ("categories", "minilm-head") and hasattr(self.services, "embedder"):
             embedder = self.services.embedder()
         return load_scorer(settings.safety, settings.base_dir, embedder, on_batch=self.metrics.batch.observe)

@@ -226,7 +226,8 @@ class FakeServices:
 async def test_build_stage_metrics_and_reload(tmp_path: Path, index_dir: Path) -> None:
     f = tmp_path / "p.yaml"
     f.write_text(POLICY)
-    settings = make_settings([], policies={"paths": [str(f)], "poll_seconds": 0.05}, recitation={"index": str(index_dir)})
+    settings = make_settings([], policies={"paths": [str(f)], "poll_seconds": 0.05}, recitation={"index": str(index_dir)},
+                             safety={"backend": "none"})
     services = FakeServices(settings)
     assert await build_stage(FakeServices(make_settings([]))) is None
     st = await build_stage(services)
@@ -251,6 +252,19 @@ async def test_build_stage_metrics_and_reload(tmp_path: Path, index_dir: Path) -
         assert "gatehouse_guardrail_latency_seconds_bucket" in text
     finally:
         await st.aclose()
+
+
+async def test_a_safety_scorer_that_cannot_load_stops_startup(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    settings = make_settings([], policies={"paths": [str(f)], "reload": False},
+                             safety={"backend": "categories", "artifact_dir": str(tmp_path / "no-such-artifact")})
+    from evaluators.embedding import shared_embedder
+
+    services = FakeServices(settings)
+    services.embedder = shared_embedder  # type: ignore[method-assign]
+    with pytest.raises(FileNotFoundError, match="train_safety_categories"):
+        await build_stage(services)
 
 
 def test_metrics_helper_without_registry() -> None:

@@ -43,7 +43,7 @@ def embedder():
 
 @pytest.fixture(scope="module")
 def scorer(embedder) -> MiniLMHeadScorer:
-    s = load_scorer(SafetySettings(), embedder=embedder)
+    s = load_scorer(SafetySettings(backend="minilm-head"), embedder=embedder)
     assert isinstance(s, MiniLMHeadScorer)
     return s
 
@@ -54,7 +54,7 @@ def _auc(y: list[int], p: list[float]) -> float:
     return float(roc_auc_score(y, p))
 
 
-def test_default_scorer_is_offline_minilm_head(scorer: MiniLMHeadScorer) -> None:
+def test_minilm_head_scorer_is_offline(scorer: MiniLMHeadScorer) -> None:
     assert isinstance(scorer, SafetyScorer)
     manifest = json.loads((ARTIFACT_DIR / "MANIFEST.json").read_text())
     assert manifest["sha256"] == sha256_file(DEFAULT_HEAD)
@@ -133,7 +133,7 @@ def test_head_is_npz_without_pickle_and_round_trips(tmp_path: Path, embedder) ->
     x = np.random.default_rng(0).normal(size=(3, head.input_dim)).astype(np.float32)
     np.testing.assert_allclose(again.predict_proba(x), head.predict_proba(x), atol=1e-6)
     # Relative head paths resolve against base_dir.
-    s = load_scorer(SafetySettings(head="h.npz"), base_dir=tmp_path, embedder=embedder)
+    s = load_scorer(SafetySettings(backend="minilm-head", head="h.npz"), base_dir=tmp_path, embedder=embedder)
     assert s is not None and s.name == f"minilm-head@{sha256_file(path)[:12]}"
 
 

@@ -37,7 +37,7 @@ def test_shipped_distilled_head_is_a_drop_in_safety_head():
 
     report = json.loads((ART / "report.json").read_text())
     assert report["overall"]["toxicity"]["n"] > 1000
-    scorer = load_scorer(SafetySettings(head=str(ART / "minilm_head.npz")), ".")
+    scorer = load_scorer(SafetySettings(backend="minilm-head", head=str(ART / "minilm_head.npz")), ".")
     assert scorer is not None and set(scorer.labels) == set(LABELS)
     bad, ok = scorer.score_batch(["I hate all gay people, they disgust me.", "I had a lovely walk in the park."])
     assert bad["identity_attack"] > 0.5 > ok["identity_attack"]

@@ -3,9 +3,11 @@
 Label names follow Detoxify. Backends sit behind one small interface,
 ``SafetyScorer``, and are chosen by ``SafetySettings.backend``:
 
-- ``minilm-head`` (default, works offline on a fresh machine): the shared MiniLM
-  ``Embedder`` plus a small numpy head shipped in ``artifacts/``. It is trained
-  only for ``toxicity`` and ``identity_attack`` and reports only those (see
+- ``categories`` (default, works offline on a fresh machine): the shared MiniLM
+  ``Embedder`` plus two small numpy heads shipped in ``artifacts/``: every harm
+  category of ``taxonomy`` (``artifacts/categories/MANIFEST.json``) and the legacy
+  ``toxicity`` / ``identity_attack``, from one embedding per window.
+- ``minilm-head``: the legacy head alone (``toxicity``, ``identity_attack``; see
   ``artifacts/MANIFEST.json``).
 - ``detoxify``: a local Detoxify checkpoint (sha256-pinned) plus a local
   config/tokenizer directory; never touches the network.
@@ -62,19 +64,32 @@ def load_scorer(
 
     Relative paths resolve against ``base_dir`` (pass the config file's directory).
     ``on_batch`` observes each micro-batch size (e.g. a histogram metric).
-    For ``minilm-head`` pass the process-wide ``embedder`` (``services.embedder()``) so
+    For ``categories`` / ``minilm-head`` pass the process-wide ``embedder`` (``services.embedder()``) so
     grounding reuses its cached vectors; without one, ``shared_embedder(model_dir)`` is used.
     """
     max_wait = settings.max_wait_ms / 1000.0
     if settings.backend == "none":
         return None
+    if settings.backend in ("categories", "minilm-head") and embedder is None:
+        from evaluators.embedding import shared_embedder
+
+        embedder = shared_embedder(_resolve(base_dir, settings.model_dir))
+    if settings.backend == "categories":
+        from evaluators.safety.categories import CategoryScorer
+
+        assert embedder is not None
+        return CategoryScorer(
+            embedder,
+            _resolve(base_dir, settings.artifact_dir),
+            legacy_head=_resolve(base_dir, settings.head),
+            max_batch=settings.max_batch,
+            max_wait=max_wait,
+            on_batch=on_batch,
+        )
     if settings.backend == "minilm-head":
         from evaluators.safety.minilm_head import MiniLMHeadScorer
 
-        if embedder is None:
-            from evaluators.embedding import shared_embedder
-
-            embedder = shared_embedder(_resolve(base_dir, settings.model_dir))
+        assert embedder is not None
         return MiniLMHeadScorer(
             embedder,
             head_path=_resolve(base_dir, settings.head),

@@ -1,6 +1,8 @@
 """Quality report for a safety scorer on held-out data.
 
-    python -m evaluators.safety.quality            # shipped minilm-head
+    python -m evaluators.safety.quality --data DIR [--out reports/safety-quality]
+        # the default `categories` scorer: see evaluators/safety/category_quality.py
+    python -m evaluators.safety.quality --backend minilm-head --data DIR    # the legacy head
     python -m evaluators.safety.quality --json     # machine-readable
     python -m evaluators.safety.quality --backend detoxify --checkpoint X.ckpt \
         --checkpoint-sha256 <hex> --model-dir DIR
@@ -218,13 +220,17 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evaluators.safety.quality", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="directory with hatecheck/ and conversationai_bias_eval/ (default $GATEHOUSE_DATA_DIR)")
-    ap.add_argument("--backend", default="minilm-head", choices=["minilm-head", "detoxify"])
+    ap.add_argument("--data", default=None, help="the data directory (default $GATEHOUSE_DATA_DIR)")
+    ap.add_argument("--backend", default="categories", choices=["categories", "minilm-head", "detoxify"])
     ap.add_argument("--head", help="minilm-head: head .npz (default: shipped artifact)")
+    ap.add_argument("--artifact-dir", help="categories: head.npz + MANIFEST.json directory (default: shipped)")
     ap.add_argument("--checkpoint")
     ap.add_argument("--checkpoint-sha256")
     ap.add_argument("--model-dir")
     ap.add_argument("--threshold", type=float, default=POLICY_THRESHOLD)
+    ap.add_argument("--band", type=float, nargs=2, metavar=("LO", "HI"),
+                    help="categories: the cascade's uncertain band (default 0.5 1.0: [0.5, threshold))")
+    ap.add_argument("--out", help="also write the report here (.json and .txt)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -233,13 +239,33 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = SafetySettings(
         backend=args.backend, head=args.head, checkpoint=args.checkpoint,
-        checkpoint_sha256=args.checkpoint_sha256, model_dir=args.model_dir,
+        checkpoint_sha256=args.checkpoint_sha256, model_dir=args.model_dir, artifact_dir=args.artifact_dir,
     )
     scorer = load_scorer(settings)
     assert scorer is not None
-    splits = load_splits(args.data)
-    report = evaluate(scorer, splits.test, args.threshold, prose=splits.prose_test, modern=splits.modern_test)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    from gatehouse_core.datadir import data_dir
+
+    args.data = str(data_dir(args.data))
+    if args.backend == "categories":
+        from evaluators.safety import category_quality as cq
+        from evaluators.safety.category_data import load_category_splits
+
+        thresholds = dict(getattr(scorer, "thresholds", {}))
+        report = cq.evaluate(scorer, load_category_splits(args.data), args.data, thresholds,
+                             tuple(args.band) if args.band else cq.DEFAULT_BAND)
+        text = cq.format_report(report)
+    else:
+        splits = load_splits(args.data)
+        report = evaluate(scorer, splits.test, args.threshold, prose=splits.prose_test, modern=splits.modern_test)
+        text = format_report(report)
+    print(json.dumps(report, indent=2) if args.json else text)
+    if args.out:
+        from pathlib import Path
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        out.with_suffix(".txt").write_text(text + "\n")
     return 0
 
 
