@@ -186,6 +186,9 @@ class TrafficLogSettings(Strict):
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(256, ge=1)
     log_bodies: bool = False
+    # a record (one JSON line) over this loses its bodies, then its largest fields, to a
+    # marker; counted in gatehouse_traffic_records_truncated_total
+    max_record_bytes: int = Field(256 * 1024, ge=4096)
 
 
 class RedisSettings(Strict):

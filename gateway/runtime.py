@@ -106,7 +106,8 @@ class Runtime:
         await self.build_router(s)
         await loop_run(self.meter.load)  # the estimating tokenizer, when any target has a price
         self.traffic = TrafficLog(build_sink(s.traffic_log, s, self.services.redis), self.metrics,
-                                  s.traffic_log.queue_size, s.traffic_log.batch_size, s.traffic_log.log_bodies)
+                                  s.traffic_log.queue_size, s.traffic_log.batch_size, s.traffic_log.log_bodies,
+                                  s.traffic_log.max_record_bytes)
         self.traffic.start()
         self.keys = await self._build_keys()
         self.on_shutdown.append(self.keys.aclose)

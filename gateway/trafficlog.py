@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import fcntl
 import logging
 import os
@@ -33,6 +34,40 @@ log = logging.getLogger("gatehouse.trafficlog")
 
 def encode(record: TrafficRecord) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+_CUT = 1024  # characters kept of a long string field when a record is over its limit
+
+
+def bounded(record: TrafficRecord, limit: int) -> tuple[bytes, bool]:
+    """``record`` as one JSON line of at most ``limit`` bytes, and whether it was cut.
+
+    Bodies go first (replaced by ``{"truncated": true, "bytes": N}``), then long strings
+    and ``extra``, then verdict details; the line says how large it was (``truncated_from``)."""
+    line = encode(record)
+    if len(line) <= limit:
+        return line, False
+    r = copy.copy(record)
+    for name in ("request_body", "response_body"):
+        value = getattr(r, name)
+        if value is not None:
+            setattr(r, name, {"truncated": True, "bytes": len(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))})
+    for name in ("error_message", "model", "user", "target", "variant"):
+        value = getattr(r, name)
+        if isinstance(value, str) and len(value) > _CUT:
+            setattr(r, name, value[:_CUT] + "…")
+    r.extra = {"truncated_from": len(line)}
+    out = encode(r)
+    if len(out) > limit:
+        r.verdicts = [copy.copy(v) for v in r.verdicts]
+        for v in r.verdicts:
+            v.detail = None
+        r.grounding_chunk_ids = None
+        out = encode(r)
+    if len(out) > limit:  # the ids and numbers always fit
+        r.verdicts = []
+        out = encode(r)
+    return out, True
 
 
 class Sink(Protocol):
@@ -166,8 +201,12 @@ class NullSink:
 class TrafficLog:
     RECENT = 10_000  # records kept in memory for look-ups by request id (feedback)
 
-    def __init__(self, sink: Sink, metrics: Metrics, queue_size: int, batch_size: int, log_bodies: bool) -> None:
+    def __init__(self, sink: Sink, metrics: Metrics, queue_size: int, batch_size: int, log_bodies: bool,
+                 max_record_bytes: int = 256 * 1024) -> None:
         self.sink = sink
+        self.max_record_bytes = max_record_bytes
+        self._truncated = metrics.counter(
+            "traffic_records_truncated_total", "Traffic records cut to traffic_log.max_record_bytes (bodies and long fields)", ())
         self._recent: OrderedDict[str, TrafficRecord] = OrderedDict()
         self.metrics = metrics
         self.log_bodies = log_bodies
@@ -215,8 +254,18 @@ class TrafficLog:
                 batch.append(q.get_nowait())
             await self._write(batch)
 
+    def _encode_batch(self, batch: list[TrafficRecord]) -> list[bytes]:
+        lines = []
+        for r in batch:
+            line, cut = bounded(r, self.max_record_bytes)
+            if cut:
+                self._truncated.inc()
+            lines.append(line)
+        return lines
+
     async def _write(self, batch: list[TrafficRecord]) -> None:
-        lines = [encode(r) for r in batch]
+        # serialised in a worker thread: with log_bodies on, a batch can hold megabytes
+        lines = await asyncio.to_thread(self._encode_batch, batch)
         delay = 0.05
         while True:
             try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import hashlib
 import itertools
 import logging
 import re
@@ -229,11 +230,15 @@ class Engine:
             if match is None:
                 return _Result(False, "recitation", 0.0)
             score = float(match.score)
+            # offsets and a hash locate the match; the text itself never goes into a verdict
+            # (verdicts are logged even when traffic_log.log_bodies is off)
+            matched = getattr(match, "matched_span", None)
             detail = {
                 "source": _jsonable(getattr(match, "source", None)),
                 "score": round(score, 4),
-                "matched_span": _jsonable(getattr(match, "matched_span", None)),
-                "query_span": _jsonable(getattr(match, "query_span", None)),
+                "source_offsets": [getattr(match, "source_start", 0), getattr(match, "source_end", 0)],
+                "query_offsets": [getattr(match, "query_start", 0), getattr(match, "query_end", 0)],
+                "matched_sha256": hashlib.sha256(matched.encode()).hexdigest()[:16] if isinstance(matched, str) else None,
                 "threshold": spec.threshold,
             }
             return _Result(score >= spec.threshold, "recitation", score, detail)
