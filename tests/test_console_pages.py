@@ -15,6 +15,7 @@ import pytest
 
 from gateway.console.data import _quantile, layout
 from tests.console_support import (
+    ADMIN_KEY,
     TENANT_KEY,
     client,
     console_gateway,
@@ -169,3 +170,58 @@ def test_playground_shows_grounding_passages_with_scores(tmp_path: Path) -> None
     chunks = done["grounding"]["chunks"]
     assert chunks[0]["id"].startswith("tides.txt#") and 0 < chunks[0]["score"] <= 1
     assert done["grounding_chunk_ids"] == [ch["id"] for ch in chunks]
+
+
+def _events(c: httpx.Client, path: str, form: dict[str, str]) -> list[dict[str, Any]]:
+    import json
+
+    with c.stream("POST", path, data=form) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in r.iter_lines() if line.strip()]
+
+
+def test_side_by_side_of_two_prompt_versions(env: dict[str, Any]) -> None:
+    c, csrf = admin(env)
+    api = httpx.Client(base_url=env["url"], headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    for tone in ("short", "long"):
+        r = api.post("/admin/prompts", json={"id": "sxs-p", "messages": [{"role": "system", "template": f"Be {tone}."}]})
+        assert r.status_code in (200, 201), r.text
+    events = _events(c, "/console/sxs/run", {"csrf": csrf, "route_a": "demo", "route_b": "demo", "prompt_id": "sxs-p",
+                                             "ref_a": "v1", "ref_b": "v2", "message": "compare me"})
+    done = {e["side"]: e for e in events if e["type"] == "done"}
+    assert (done["a"]["prompt_id"], done["a"]["prompt_version"]) == ("sxs-p", "1")
+    assert (done["b"]["prompt_id"], done["b"]["prompt_version"]) == ("sxs-p", "2")
+    same = c.post("/console/sxs/run", data={"csrf": csrf, "route_a": "demo", "route_b": "demo", "message": "x"})
+    assert same.status_code == 400 and "Both sides are the same" in same.text
+
+
+def test_traffic_filters(env: dict[str, Any]) -> None:
+    c, csrf = admin(env)
+    for text in ("a refund please", "plain question"):
+        events = _events(c, "/console/playground/run", {"csrf": csrf, "route": "fixed", "message": text})
+        assert events[-1]["type"] == "done"
+    flagged = c.get("/console/traffic", params={"model": "fixed", "action": "flag", "category": "\\brefund\\b", "since": "60"}).text
+    assert flagged.count('class="record-link"') == 1
+    assert c.get("/console/traffic", params={"model": "fixed", "status": "2xx"}).text.count('class="record-link"') >= 2
+    assert c.get("/console/traffic", params={"model": "fixed", "status": "5xx"}).text.count('class="record-link"') == 0
+    assert c.get("/console/traffic", params={"variant": "B", "model": "fixed"}).text.count('class="record-link"') == 0
+    assert c.get("/console/traffic", params={"status": "abc"}).status_code == 400
+    assert c.get("/console/traffic", params={"since": "-5"}).status_code == 400
+
+
+def test_effective_rules_for_a_key_and_a_failed_policy_reload(env: dict[str, Any]) -> None:
+    c, csrf = admin(env)
+    page = c.get("/console/policies", params={"key": "acme-key", "model": "demo"}).text
+    assert 'value="acme"' in page and "block-forbidden" in page
+    policy = env["tmp"] / "policies" / "p.yaml"
+    good = policy.read_text()
+    try:
+        policy.write_text(good.replace("action: flag", "action: explode"))
+        assert c.post("/console/policies/reload", data={"csrf": csrf}).status_code == 303
+        page = c.get("/console/policies").text
+        assert "The last reload failed" in page and "console-test@1" in page
+        assert "policy-reload" in c.get("/console/audit", params={"action": "policy-reload"}).text
+    finally:
+        policy.write_text(good)
+    assert c.post("/console/policies/reload", data={"csrf": csrf}).status_code == 303
+    assert "Last reload: no error." in c.get("/console/policies").text
