@@ -264,8 +264,11 @@ class TrafficLog:
         return lines
 
     async def _write(self, batch: list[TrafficRecord]) -> None:
-        # serialised in a worker thread: with log_bodies on, a batch can hold megabytes
-        lines = await asyncio.to_thread(self._encode_batch, batch)
+        if any(r.request_body is not None or r.response_body is not None for r in batch):
+            # with log_bodies on a batch can hold megabytes: serialise it in a worker thread
+            lines = await asyncio.to_thread(self._encode_batch, batch)
+        else:
+            lines = self._encode_batch(batch)  # without bodies a record is small and bounded
         delay = 0.05
         while True:
             try:
