@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import StrictUndefined, TemplateError, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 PROMPT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -48,7 +48,24 @@ ALLOWED_PARAMETERS = frozenset(
 )
 
 # templates come from whoever can push prompts: parsed and rendered only in the sandbox
-SANDBOX = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+class BudgetSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with size budgets: ``"x" * 10**9`` or ``2 ** 10**9`` is refused before it
+    is computed (``range`` is already capped by Jinja at ``MAX_RANGE`` items)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    MAX_ITEMS = 1_000_000
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 1024:
+            raise SecurityError(f"exponent {right} is over the template budget")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > self.MAX_ITEMS:
+                    raise SecurityError("a repeated string or list would exceed the template budget")
+        return super().call_binop(context, operator, left, right)
+
+
+SANDBOX = BudgetSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class PromptFormatError(ValueError):
@@ -299,8 +316,13 @@ def check_templates(spec: PromptSpec, source: str = "<prompt>") -> None:
     for i, m in enumerate(spec.messages):
         try:
             used = template_variables(m.template)
+            ast = SANDBOX.parse(m.template)
         except TemplateError as exc:
             raise PromptFormatError(f"{source}: messages[{i}].template does not parse: {exc}") from None
+        # a prompt is one self-contained template: there is no loader to include or import from
+        for node_type, tag in ((nodes.Include, "include"), (nodes.Import, "import"), (nodes.FromImport, "from ... import"), (nodes.Extends, "extends")):
+            if ast.find(node_type) is not None:
+                raise PromptFormatError(f"{source}: messages[{i}].template uses {{% {tag} %}}; prompt templates must be self-contained")
         undeclared = sorted(used - declared)
         if undeclared:
             raise PromptFormatError(

@@ -25,7 +25,7 @@ from typing import Any
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.prompts.model import PromptFormatError, PromptRef, parse_ref
 from gateway.prompts.registry import PromptNotFound, PromptRegistry
-from gateway.prompts.render import render_messages
+from gateway.prompts.render import arender_messages
 from gateway.types import BaseStage, RequestContext
 
 log = logging.getLogger("gatehouse.prompts")
@@ -59,7 +59,7 @@ class PromptStage(BaseStage):
             if type(exc).__module__.startswith("redis"):
                 raise GatewayError(ErrorKind.UNAVAILABLE, f"prompt store unavailable: {exc}") from None
             raise
-        rendered = render_messages(version, variables)
+        rendered = await arender_messages(version, variables)
         messages = body.get("messages")
         if messages is None:
             messages = []
