@@ -86,3 +86,33 @@ def test_legacy_labels_are_the_minilm_head_scores(scorer: CategoryScorer) -> Non
     (new,) = scorer.score_batch([text])
     (old,) = legacy.score_batch([text])
     assert new["toxicity"] == pytest.approx(old["toxicity"]) and new["identity_attack"] == pytest.approx(old["identity_attack"])
+
+
+def test_quality_report_runs_on_the_held_out_sets() -> None:
+    """The report's plumbing on the real held-out splits, with a seeded random scorer
+    standing in for the model (the real run takes ~11 minutes; docs/safety.md has its numbers)."""
+    import random
+
+    from evaluators.safety import category_quality as cq
+    from evaluators.safety.category_data import load_category_splits
+    from gatehouse_core.datadir import data_dir_or_none
+
+    data = data_dir_or_none()
+    if data is None:
+        pytest.skip("GATEHOUSE_DATA_DIR is not set")
+
+    class Seeded:
+        name = "seeded-random"
+        labels = tx.CATEGORIES
+
+        def score_batch(self, texts: list[str]) -> list[dict[str, float]]:
+            return [{c: random.Random(f"{t}:{c}").random() for c in tx.CATEGORIES} for t in texts]
+
+    rep = cq.evaluate(Seeded(), load_category_splits(data), str(data), dict.fromkeys(tx.CATEGORIES, 0.8))  # type: ignore[arg-type]
+    assert set(rep["openai_moderation"]) == {"S", "H", "V", "HR", "SH", "S3", "H2", "V2"}
+    assert rep["sets"]["advbench_recall"]["n"] > 100 and rep["sets"]["bipia_clean_false_positives"]["n"] == 50
+    # the oracle answers escalated passes correctly: recall never drops, false positives never rise
+    sets = rep["sets"]
+    assert sets["advbench_recall"]["rate_cascade"] >= sets["advbench_recall"]["rate"]
+    assert sets["benign_lookalikes_blocked"]["rate_cascade"] <= sets["benign_lookalikes_blocked"]["rate"]
+    assert "probes:" in cq.format_report(rep)

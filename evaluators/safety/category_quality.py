@@ -10,7 +10,8 @@ What it measures (held-out splits of ``evaluators.safety.category_data``):
   = any harm category at or above its recommended threshold);
 - jailbreak recall on held-out jailbreak templates (filled with held-out questions);
 - output side: GPTFuzz replies to held-out questions, complied vs refused;
-- injection recall and false positives on BIPIA's test split;
+- injection recall and false positives on BIPIA's test split, and recall on the held-out
+  frames of our written direct injections and threats (``attack_templates``);
 - HateCheck held-out template groups (hate, threat);
 - block rate on held-out benign lookalikes and held-out modern benign questions and
   replies; the flag rate on held-out hh-rlhf red-team openings (no ground truth);
@@ -151,6 +152,10 @@ def evaluate(
         "complied_blocked": recall_rows([reps[i] for i in comp], [rs[i] for i in comp], HARM, True),
         "refused_blocked": recall_rows([reps[i] for i in refu], [rs[i] for i in refu], HARM, False),
     }
+    wa, ws = splits.test["written_attacks"], sc["written_attacks"]
+    for cat in (tx.PROMPT_INJECTION, tx.THREAT):
+        idx = [i for i, r in enumerate(wa) if r.labels.get(cat)]
+        sets[f"written_{cat}_recall"] = recall_rows([wa[i] for i in idx], [ws[i] for i in idx], (cat,), True)
     sets["bipia_injection_recall"] = recall_rows(splits.test["bipia_attacks"], sc["bipia_attacks"], (tx.PROMPT_INJECTION,), True)
     sets["bipia_clean_false_positives"] = recall_rows(splits.test["bipia_clean"], sc["bipia_clean"], (tx.PROMPT_INJECTION,), False)
     hc, hs = splits.test["hatecheck"], sc["hatecheck"]
