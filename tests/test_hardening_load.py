@@ -142,7 +142,7 @@ async def test_long_texts_are_scanned_off_the_event_loop(monkeypatch: pytest.Mon
         return real(text, entities)
 
     monkeypatch.setattr(engine_mod, "find_pii", spy)
-    ps = PolicySet.from_texts([("p.yaml", "id: p\nversion: 1\nowner: t\nrules:\n  - {id: pii, action: redact, checks: [{type: pii}]}\n")])
+    ps = PolicySet.from_texts([("p.yaml", "id: p\nversion: 1\nowner: t\nrules:\n  - {id: pii, action: redact, checks: [{type: pii, timeout_ms: 60000}]}\n")])
     stage = GuardrailStage(Engine(ps))
     ctx = ctx_for("mail bob@example.com " + "12 34 " * 20_000)
     await stage.on_request(ctx)
