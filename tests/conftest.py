@@ -23,6 +23,16 @@ if "GATEHOUSE_CACHE_DIR" not in os.environ:
 
 from tests.support import FakeUpstream, ServerThread
 
+
+@pytest.fixture(autouse=True)
+def _close_console_clients() -> Iterator[None]:
+    yield
+    from tests.console_support import OPEN_CLIENTS
+
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+
+
 REDIS_URL = os.environ.get("GATEHOUSE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 

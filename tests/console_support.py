@@ -121,10 +121,17 @@ def csrf_of(client: httpx.Client) -> str:
     return m.group(1)
 
 
-def client(url: str) -> httpx.Client:
+# clients a test opens are closed after it (tests/conftest.py), so no socket outlives its test
+OPEN_CLIENTS: list[httpx.Client] = []
+
+
+def client(url: str, **kw: Any) -> httpx.Client:
     """An HTTP client for a gateway started with ``cookie_secure=False`` (httpx's cookie jar,
     like Python's, keeps Secure cookies for https only; browsers also keep them on localhost)."""
-    return httpx.Client(base_url=url, follow_redirects=False, timeout=30)
+    kw.setdefault("follow_redirects", False)
+    c = httpx.Client(base_url=url, timeout=30, **kw)
+    OPEN_CLIENTS.append(c)
+    return c
 
 
 # ---- the browser (Debian's chromium + chromium-driver, driven by Selenium) -----------------

@@ -42,7 +42,7 @@ def admin(env: dict[str, Any]) -> tuple[httpx.Client, str]:
 
 
 def test_garden_shows_live_latency_errors_and_an_open_circuit(env: dict[str, Any]) -> None:
-    api = httpx.Client(base_url=env["url"], headers={"authorization": f"Bearer {TENANT_KEY}"}, timeout=30)
+    api = client(env["url"], headers={"authorization": f"Bearer {TENANT_KEY}"})
     for _ in range(3):
         assert api.post("/v1/chat/completions", json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
     assert api.post("/v1/chat/completions", json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]}).status_code >= 500
@@ -182,7 +182,7 @@ def _events(c: httpx.Client, path: str, form: dict[str, str]) -> list[dict[str, 
 
 def test_side_by_side_of_two_prompt_versions(env: dict[str, Any]) -> None:
     c, csrf = admin(env)
-    api = httpx.Client(base_url=env["url"], headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    api = client(env["url"], headers={"authorization": f"Bearer {ADMIN_KEY}"})
     for tone in ("short", "long"):
         r = api.post("/admin/prompts", json={"id": "sxs-p", "messages": [{"role": "system", "template": f"Be {tone}."}]})
         assert r.status_code in (200, 201), r.text
