@@ -209,6 +209,8 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers_list(ctx)]})
     await send({"type": "http.response.body", "body": body})
+    if door is not None:
+        await door.after(rt, ctx)
 
 
 def _record_attempt(ctx: RequestContext, att: Attempt) -> None:
@@ -265,6 +267,8 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
                 await pump
         else:
             pump.result()
+            if door is not None:
+                await door.after(rt, ctx)
     finally:
         watch.cancel()
         await reply.aclose()

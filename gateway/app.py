@@ -62,6 +62,7 @@ HOT_PATHS: dict[str, api.Endpoint] = {
     "/v1/embeddings": "embeddings",
     "/v1/moderations": "moderations",
     "/v1/messages": "messages",  # Anthropic Messages door (gateway.doors)
+    "/v1/responses": "responses",  # OpenAI Responses door (gateway.doors)
 }
 LARGE_BODY = 256 * 1024  # bytes: bodies this large are parsed and serialised in a worker thread
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -311,8 +312,9 @@ class Dispatch:
         if endpoint == "moderations":
             await moderations.handle(rt, ctx, send)
             return
-        if endpoint == "messages":
-            doors.enter(ctx, doors.MESSAGES, body, rt.settings.limits)
+        door = doors.BY_ENDPOINT.get(endpoint)
+        if door is not None:
+            await doors.enter(rt, ctx, door, body)
         elif not isinstance(body, dict):
             api.validate(endpoint, body)
         await api.handle_complete(rt, ctx, ctx.endpoint, send, receive)
@@ -346,6 +348,14 @@ def build_starlette(rt: Runtime) -> Starlette:
         name = request.path_params["model"]
         route = rt.router.get(name)
         return JSONResponse(model_card(route))
+
+    async def get_response(request: Request) -> Response:
+        caller: Caller = request.scope["state"]["caller"]
+        entry = await rt.responses.get(caller.tenant, request.path_params["response_id"])
+        if entry is None:
+            raise GatewayError(ErrorKind.NOT_FOUND, f"No stored response with id {request.path_params['response_id']!r}.",
+                               param="response_id", code="response_not_found")
+        return Response(orjson.dumps(entry["response"]), media_type="application/json")
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -395,6 +405,7 @@ def build_starlette(rt: Runtime) -> Starlette:
 
     routes = [
         HttpRoute("/v1/models", list_models, methods=["GET"]),
+        HttpRoute("/v1/responses/{response_id}", get_response, methods=["GET"]),
         HttpRoute("/v1/models/{model:path}", get_model, methods=["GET"]),
         HttpRoute("/healthz", healthz, methods=["GET"]),
         HttpRoute("/readyz", readyz, methods=["GET"]),

@@ -305,6 +305,14 @@ class CacheSettings(Strict):
     ttl_seconds: int = Field(3600, ge=1)
 
 
+class ResponsesSettings(Strict):
+    """``POST /v1/responses`` with ``store: true``: where responses are kept, per tenant."""
+
+    store: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: str = ".gatehouse/responses.db"
+    ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+
+
 class RegistrySettings(Strict):
     path: str = ".gatehouse/registry"
 
@@ -351,6 +359,7 @@ class Settings(Strict):
     rate_limits: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()
     registry: RegistrySettings = RegistrySettings()
+    responses: ResponsesSettings = ResponsesSettings()
     cost: CostSettings = CostSettings()
     budgets: BudgetSettings = BudgetSettings()
     tracing: TracingSettings = TracingSettings()

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import orjson
 
 from gateway import limits
-from gateway.protocols import anthropic
+from gateway.errors import ErrorKind, GatewayError
+from gateway.protocols import anthropic, responses
 from gateway.types import RequestContext
 
 DOOR = "door"  # ctx.state key
@@ -34,11 +35,14 @@ class StreamEncoder(Protocol):
 class Door(Protocol):
     name: str
 
-    def to_core(self, body: Any) -> dict[str, Any]: ...
+    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> dict[str, Any]: ...
 
     def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes: ...
 
     def encoder(self, ctx: RequestContext) -> StreamEncoder: ...
+
+    async def after(self, rt: Any, ctx: RequestContext) -> None:
+        """Called once the whole reply (or stream) was sent."""
 
 
 class MessagesDoor:
@@ -46,7 +50,7 @@ class MessagesDoor:
 
     name = "messages"
 
-    def to_core(self, body: Any) -> dict[str, Any]:
+    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> dict[str, Any]:
         return anthropic.request_to_core(body)
 
     def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes:
@@ -55,13 +59,63 @@ class MessagesDoor:
     def encoder(self, ctx: RequestContext) -> StreamEncoder:
         return anthropic.MessagesStreamEncoder(ctx.model)
 
+    async def after(self, rt: Any, ctx: RequestContext) -> None:
+        return None
+
 
 MESSAGES = MessagesDoor()
 
+STATE = "responses"  # ctx.state key of the Responses door's per-request state
 
-def enter(ctx: RequestContext, door: Door, body: Any, caps: Any) -> None:
+
+class ResponsesDoor:
+    """``POST /v1/responses`` (OpenAI Responses API); stateless unless ``store: true``."""
+
+    name = "responses"
+
+    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> dict[str, Any]:
+        history: list[dict[str, Any]] = []
+        prev = body.get("previous_response_id") if isinstance(body, dict) else None
+        if prev is not None:
+            entry = await rt.responses.get(ctx.caller.tenant, str(prev)) if isinstance(prev, str) else None
+            if entry is None:  # another tenant's response is reported exactly like a missing one
+                raise GatewayError(ErrorKind.NOT_FOUND, f"No stored response with id {prev!r} (was it created with store: true?).",
+                                   param="previous_response_id", code="response_not_found")
+            history = entry["conversation"]
+        core = responses.request_to_core(body, history)
+        store = body.get("store", False)
+        if not isinstance(store, bool):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "'store' must be a boolean.", param="store")
+        ctx.state[STATE] = {"id": responses.new_id("resp"), "body": body, "store": store,
+                            "conversation": [*history, *responses.items_to_core(body["input"])]}
+        return core
+
+    def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes:
+        st = ctx.state[STATE]
+        st["final"] = responses.response_from_core(st["id"], st["body"], reply, ctx.model)
+        return orjson.dumps(st["final"])
+
+    def encoder(self, ctx: RequestContext) -> StreamEncoder:
+        st = ctx.state[STATE]
+        enc = st["encoder"] = responses.ResponsesStreamEncoder(st["id"], st["body"], ctx.model)
+        return enc
+
+    async def after(self, rt: Any, ctx: RequestContext) -> None:
+        st = ctx.state[STATE]
+        final = st.get("final") or getattr(st.get("encoder"), "final", None)
+        if st["store"] and final is not None:
+            entry = {"response": final, "conversation": [*st["conversation"], *responses.output_to_core(final["output"])]}
+            await rt.responses.put(ctx.caller.tenant, st["id"], entry)
+
+
+RESPONSES = ResponsesDoor()
+BY_ENDPOINT: dict[str, Door] = {"messages": MESSAGES, "responses": RESPONSES}
+
+
+async def enter(rt: Any, ctx: RequestContext, door: Door, body: Any) -> None:
     """Translate the door's request into the core request; the caps apply to it as to a chat request."""
-    core = door.to_core(body)
+    core = await door.to_core(rt, ctx, body)
+    caps = rt.settings.limits
     limits.check_request("chat", core, caps)
     ctx.body = core
     ctx.endpoint = "chat"

@@ -28,6 +28,7 @@ from gateway.keys import ConfigKeyStore, KeyStore
 from gateway.metrics import Metrics
 from gateway.providers import build_provider
 from gateway.reloader import ConfigReloader
+from gateway.response_store import build_response_store
 from gateway.routing import Arm, CircuitBreaker, Route, Router
 from gateway.services import Services
 from gateway.trafficlog import TrafficLog, build_sink
@@ -77,6 +78,7 @@ class Runtime:
         self.keys: KeyStore = ConfigKeyStore.from_settings(settings.auth)  # replaced at startup
         self.limiter: Any = None
         self.budgets: Any = None  # gateway.budgets.Budgets, built at startup
+        self.responses: Any = None  # gateway.response_store.ResponseStore, built at startup
         self.policy_source: Any = None  # the stage that knows the live policy version
         self.traffic: TrafficLog | None = None
         self.log_bodies = settings.traffic_log.log_bodies
@@ -116,6 +118,8 @@ class Runtime:
 
         self.budgets = build_budgets(s, self.services.redis, self.meter, self.metrics)
         self.stages = await self._build_stages()
+        self.responses = build_response_store(s, self.services.redis)  # /v1/responses with store: true
+        self.on_shutdown.append(self.responses.aclose)
         self.moderator = await moderations.build(self)  # /v1/moderations: the guardrails' scorer when loaded
         if self.tracing is not None:  # a span around each stage hook (only when tracing is on)
             self.stages = self.tracing.wrap_stages(self.stages)

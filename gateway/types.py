@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from gatehouse_core.records import TrafficRecord as TrafficRecord
 from gatehouse_core.records import Verdict as Verdict
 
-Endpoint = Literal["chat", "completions", "embeddings", "moderations", "messages"]
+Endpoint = Literal["chat", "completions", "embeddings", "moderations", "messages", "responses"]
 
 
 # scope["state"] key for the JSON request body when middleware already parsed it
