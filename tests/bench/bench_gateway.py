@@ -266,6 +266,7 @@ class Target:
     model: str
     proc: Proc | None = None
     note: str = ""
+    door: str = "chat"  # chat | responses | messages: the request body and end-of-stream marker
 
 
 def gateway_config(workdir: Path, upstream: str) -> Path:
@@ -336,15 +337,25 @@ def litellm_version() -> str:
 
 # ---- load generation -------------------------------------------------------------------------------
 
-def request_body(stream: bool) -> bytes:
+def request_body(stream: bool, door: str = "chat") -> bytes:
+    """The same request on each door: a system prompt, one user turn, 64 tokens, temperature 0.2."""
     import orjson
 
-    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "system", "content": "You are terse."},
-                                                         {"role": "user", "content": "Say something in sixteen words."}],
-                            "max_tokens": 64, "temperature": 0.2}
+    system, user = "You are terse.", "Say something in sixteen words."
+    body: dict[str, Any]
+    if door == "messages":
+        body = {"model": MODEL, "system": system, "messages": [{"role": "user", "content": user}], "max_tokens": 64, "temperature": 0.2}
+    elif door == "responses":
+        body = {"model": MODEL, "instructions": system, "input": user, "max_output_tokens": 64, "temperature": 0.2}
+    else:
+        body = {"model": MODEL, "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                "max_tokens": 64, "temperature": 0.2}
     if stream:
         body["stream"] = True
     return orjson.dumps(body)
+
+
+STREAM_END = {"chat": b"[DONE]", "messages": b"message_stop", "responses": b"response.completed"}
 
 
 @dataclass
@@ -359,7 +370,7 @@ class PhaseResult:
 
 
 async def run_phase(session: Any, t: Target, stream: bool, n: int, conc: int, measure_cpu: bool) -> PhaseResult:
-    body = request_body(stream).replace(b'"model":"bench"', b'"model":"' + t.model.encode() + b'"')
+    body = request_body(stream, t.door).replace(b'"model":"bench"', b'"model":"' + t.model.encode() + b'"')
     url = t.base + t.path
     headers = {"content-type": "application/json", **t.headers}
     total: list[float] = []
@@ -380,8 +391,8 @@ async def run_phase(session: Any, t: Target, stream: bool, n: int, conc: int, me
                     async for chunk in resp.content.iter_any():
                         if first is None:
                             first = clock()
-                        tail = (tail + chunk)[-64:]
-                    ok = resp.status == 200 and b"[DONE]" in tail
+                        tail = (tail + chunk)[-8192:]  # response.completed carries the whole response
+                    ok = resp.status == 200 and STREAM_END[t.door] in tail
                     if first is not None:
                         ttfb.append((first - t0) * 1000)
                     if not ok and not first_error:
@@ -606,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
         gw_base = f"http://127.0.0.1:{gw_port}"
         wait_http(gw, gw_base + "/healthz", 60)
         targets.append(Target("gatehouse", gw_base, "/v1/chat/completions", {"authorization": f"Bearer {GATEWAY_KEY}"}, MODEL, gw))
+        # the other two doors of the same gateway process (its CPU is measured per phase)
+        targets.append(Target("gatehouse-responses", gw_base, "/v1/responses", {"authorization": f"Bearer {GATEWAY_KEY}"}, MODEL, gw, door="responses"))
+        targets.append(Target("gatehouse-messages", gw_base, "/v1/messages", {"x-api-key": GATEWAY_KEY}, MODEL, gw, door="messages"))
 
         for client in ("aiohttp", "httpx"):
             if client == "httpx" and args.skip_httpx:
