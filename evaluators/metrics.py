@@ -455,7 +455,7 @@ def compute_metrics(
             result.metrics[name] = MetricValue(float(np.mean(vals)) if vals else float("nan"), lo, hi, vals)
     if "bleu" in chosen or "chrf" in chosen:
         vals2, toks, sigs = corpus_bleu_chrf(
-            predictions, references, tokenize="auto" if tokenizer in ("auto", "unicode") else tokenizer,
+            predictions, references, tokenize="auto" if tokenizer in ("auto", "unicode") else "ja-mecab" if tokenizer == "ja" else tokenizer,
             n_boot=n_boot, seed=seed,
         )
         for name in ("bleu", "chrf"):

@@ -222,3 +222,5 @@ def test_japanese_bleu_uses_mecab() -> None:
     r = compute_metrics(["私は毎朝駅まで歩いて行きます。"], [["私は毎朝駅まで走って行きます。"]], task="translation", n_boot=5)
     assert r.tokenizers["bleu"] == "ja-mecab" and "tok:ja-mecab-0.996-IPA" in r.signatures["bleu"]
     assert r.metrics["bleu"].value == pytest.approx(100 * 0.1875**0.25, abs=1e-6)
+    forced = compute_metrics(["私は毎朝駅まで歩いて行きます。"], [["私は毎朝駅まで走って行きます。"]], task="translation", n_boot=5, tokenizer="ja")
+    assert forced.tokenizers["bleu"] == "ja-mecab" and forced.metrics["bleu"].value == pytest.approx(r.metrics["bleu"].value)

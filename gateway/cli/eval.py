@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True)
     p.add_argument("--task", help="summarization|generation|translation|qa|classification (default: from the dataset)")
     p.add_argument("--metric", action="append", help="metric name (repeatable; default: by task)")
-    p.add_argument("--tokenizer", default="auto", help="auto|unicode|13a|intl|zh|char|…")
+    p.add_argument("--tokenizer", default="auto", help="auto|unicode|ja|13a|intl|zh|char|ja-mecab|…")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report-dir", default="reports")
