@@ -38,13 +38,9 @@ def demo_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(name)
     monkeypatch.setenv("GATEHOUSE_DEMO_KEY", "sk-gatehouse-demo")
     settings, _ = resolve_config(None, demo=True)
-    # Neither the demo's safety scorer nor its in-process embeddings route is under test here, and
-    # loading them took more than the harness's 60 s start-up budget on a busy machine: without the
-    # scorer the demo policy's safety checks follow their on_error (open); the recitation check is real.
-    return settings.model_copy(update={
-        "safety": settings.safety.model_copy(update={"backend": "none"}),
-        "routes": tuple(r for r in settings.routes if r.name == "demo"),
-    })
+    # The demo's in-process embeddings route is not under test here, and loading its model on top of
+    # the safety scorer took more than the harness's 60 s start-up budget on a busy machine.
+    return settings.model_copy(update={"routes": tuple(r for r in settings.routes if r.name == "demo")})
 
 
 def test_japanese_recitation_is_cut_mid_stream_with_its_source(demo_settings) -> None:
