@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -26,10 +27,42 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 
 
+def _no_default(action: argparse.Action) -> bool:
+    return action.default is None or action.default is False or action.default is argparse.SUPPRESS
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` keeps the module docstring's layout and shows every option's default
+    (unless the help text already says it, or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or _no_default(action) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.option_strings and not _no_default(action):
+            action.help = "(default: %(default)s)"  # argparse skips options without help text
+        super().add_argument(action)
+
+
+ENV_VARS = """environment:
+  GATEHOUSE_CONFIG      gateway config file (serve, registry)
+  GATEHOUSE_URL         gateway base URL for `feedback add`
+  GATEHOUSE_BASE_URL    OpenAI base URL (…/v1) for `eval run|sxs|bias --model`
+  GATEHOUSE_API_KEY     API key for those (then OPENAI_API_KEY)
+  GATEHOUSE_ADMIN_URL   gateway base URL for `registry deploy|promote` reload + verify
+  GATEHOUSE_ADMIN_KEY   admin key (/admin/*)
+  GATEHOUSE_DATA_DIR    public data directory for training/quality scripts (--data)
+  GATEHOUSE_NO_PROGRESS set to hide progress bars
+  GATEHOUSE_DEBUG       set to show tracebacks of unexpected CLI errors"""
+
+
 def usage() -> str:
     lines = ["usage: gatehouse COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<11} {doc}" for name, (_, doc) in GROUPS.items()]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + ENV_VARS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import HelpFormatter
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATES = REPO_ROOT / "tests" / "fixtures" / "bias" / "en_sentence_templates_with_identity_sample.csv"
 DEFAULT_HATECHECK = REPO_ROOT / "tests" / "fixtures" / "bias" / "hatecheck_test_suite_cases_sample.csv"
@@ -44,18 +46,19 @@ def _redact(argv: Sequence[str]) -> list[str]:
 
 
 def add_gateway_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-url", default=os.environ.get("GATEHOUSE_BASE_URL", "http://127.0.0.1:8080/v1"), help="gateway OpenAI base URL (…/v1)")
-    p.add_argument("--api-key", default=os.environ.get("GATEHOUSE_API_KEY") or os.environ.get("OPENAI_API_KEY"), help="gateway API key (default $GATEHOUSE_API_KEY)")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--max-retries", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--base-url", default=os.environ.get("GATEHOUSE_BASE_URL", "http://127.0.0.1:8080/v1"),
+                   help="gateway OpenAI base URL, …/v1 ($GATEHOUSE_BASE_URL, else http://127.0.0.1:8080/v1)")
+    p.add_argument("--api-key", help="gateway API key (default: $GATEHOUSE_API_KEY, then $OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--max-retries", type=int, default=3, help="client retries for 429/5xx/timeouts")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gatehouse eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="gatehouse eval", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("run", help="run a dataset through the gateway (resumable)")
+    p = sub.add_parser("run", help="run a dataset through the gateway (resumable)", formatter_class=HelpFormatter)
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="results JSONL (appended; rerun to resume)")
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     add_gateway_args(p)
 
-    p = sub.add_parser("metrics", help="score a run against the dataset's references")
+    p = sub.add_parser("metrics", help="score a run against the dataset's references", formatter_class=HelpFormatter)
     p.add_argument("--dataset", required=True)
     p.add_argument("--results", required=True)
     p.add_argument("--task", help="summarization|generation|translation|qa|classification (default: from the dataset)")
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="report name (default: metrics-<results stem>-<UTC time>); an existing name is an error")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("sxs", help="AutoSxS: A vs B (or a ranking of several runs) judged by an arbiter")
+    p = sub.add_parser("sxs", help="AutoSxS: A vs B (or a ranking of several runs) judged by an arbiter", formatter_class=HelpFormatter)
     p.add_argument("--dataset", help="dataset JSONL (prompts)")
     p.add_argument("--a", help="results JSONL of system A")
     p.add_argument("--b", help="results JSONL of system B")
@@ -105,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_gateway_args(p)
 
-    p = sub.add_parser("bias", help="identity bias of a safety scorer (or of a model's outputs)")
+    p = sub.add_parser("bias", help="identity bias of a safety scorer (or of a model's outputs)", formatter_class=HelpFormatter)
     p.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help="identity templates CSV (phrase,toxicity,identity_term)")
     p.add_argument("--hatecheck", default=str(DEFAULT_HATECHECK), help="HateCheck cases CSV ('' to skip)")
     p.add_argument("--scorer", default="default", help="'default' (gateway safety scorer) or module:callable taking texts → scores")
@@ -123,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_gateway_args(p)
 
-    p = sub.add_parser("export", help="make a dataset from the traffic log (needs traffic_log.log_bodies)")
+    p = sub.add_parser("export", help="make a dataset from the traffic log (needs traffic_log.log_bodies)", formatter_class=HelpFormatter)
     p.add_argument("--traffic", nargs="+", required=True, help="traffic JSONL file(s), rotated ones included")
     p.add_argument("--out", required=True)
     p.add_argument("--model")
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--response-as-reference", action="store_true", help="use the logged reply as the reference")
     p.add_argument("--limit", type=int)
 
-    p = sub.add_parser("monitor", help="consume the traffic stream; export rolling safety metrics to Prometheus")
+    p = sub.add_parser("monitor", help="consume the traffic stream; export rolling safety metrics to Prometheus", formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--redis-url", help="redis://host:port/db (with --stream)")
     src.add_argument("--jsonl", help="follow a JSONL traffic log instead")
@@ -158,9 +161,10 @@ class CliError(Exception):
 
 
 def _need_key(args: argparse.Namespace) -> str:
-    if not args.api_key:
+    key = args.api_key or os.environ.get("GATEHOUSE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    if not key:
         raise CliError("no API key; pass --api-key or set GATEHOUSE_API_KEY")
-    return str(args.api_key)
+    return str(key)
 
 
 def _run_cfg(args: argparse.Namespace, model: str, prompt_version: str | None = None) -> Any:

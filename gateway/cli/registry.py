@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.cli import HelpFormatter
 from tuning.registry import KINDS, Registry, RegistryError
 
 
@@ -28,23 +29,23 @@ def open_registry(args: argparse.Namespace) -> Registry:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gatehouse registry", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gatehouse registry", description=__doc__, formatter_class=HelpFormatter)
     add_registry_args(parser)
     parser.add_argument("--gateway-config", metavar="FILE", help="gateway config whose registry.path to use")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("list", help="list artifacts")
+    p = sub.add_parser("list", help="list artifacts", formatter_class=HelpFormatter)
     p.add_argument("--kind", choices=KINDS)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("show", help="one artifact as JSON")
+    p = sub.add_parser("show", help="one artifact as JSON", formatter_class=HelpFormatter)
     p.add_argument("id")
 
-    p = sub.add_parser("lineage", help="ancestors and descendants as an indented tree")
+    p = sub.add_parser("lineage", help="ancestors and descendants as an indented tree", formatter_class=HelpFormatter)
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("register", help="register a file or directory")
+    p = sub.add_parser("register", help="register a file or directory", formatter_class=HelpFormatter)
     p.add_argument("kind", choices=KINDS)
     p.add_argument("path")
     p.add_argument("--name")
@@ -53,15 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--move", action="store_true", help="move instead of copy")
 
     for name, helptext in (("deploy", "add a model as a canary target of a route"), ("promote", "move traffic to a canary that won AutoSxS")):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, formatter_class=HelpFormatter)
         p.add_argument("model_id")
         p.add_argument("--route", required=True)
         p.add_argument("--weight", type=float, default=5.0 if name == "deploy" else 50.0, help="percent of the route's traffic (default: %(default)s)")
         p.add_argument("--config", required=True, metavar="FILE", help="gateway config YAML to rewrite")
         p.add_argument("--admin-url", default=os.environ.get("GATEHOUSE_ADMIN_URL"),
                        help="gateway base URL: POST /admin/reload, then read the live weights back from GET /admin/routes "
-                            "(default: $GATEHOUSE_ADMIN_URL; %(default)s)")
-        p.add_argument("--admin-key", default=os.environ.get("GATEHOUSE_ADMIN_KEY"), help="admin key (default: $GATEHOUSE_ADMIN_KEY)")
+                            "(default: $GATEHOUSE_ADMIN_URL)")
+        p.add_argument("--admin-key", help="admin key (default: $GATEHOUSE_ADMIN_KEY)")
         if name == "promote":
             p.add_argument("--no-verify", action="store_true", help="only rewrite the file; do not check the live weights")
             p.add_argument("--report", metavar="JSON", help="AutoSxS report of canary vs current")
@@ -114,6 +115,7 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
         art = reg.register(args.kind, args.path, name=args.name, metadata=meta, parents=parents, move=args.move)
         print(art.id)
         return 0
+    args.admin_key = args.admin_key or os.environ.get("GATEHOUSE_ADMIN_KEY")
     try:
         if args.cmd == "deploy":
             res = deploy(args.model_id, args.route, args.weight, args.config, registry=reg, check_config=check_raw_config, admin_url=args.admin_url, admin_key=args.admin_key)

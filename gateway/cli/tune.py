@@ -18,7 +18,9 @@ import sys
 def _dataset(argv: list[str]) -> int:
     from tuning import datasets as tds
 
-    p = argparse.ArgumentParser(prog="gatehouse tune dataset", description="build a curated, versioned dataset")
+    from gateway.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="gatehouse tune dataset", description="build a curated, versioned dataset", formatter_class=HelpFormatter)
     p.add_argument("kind", choices=("sft", "prefs"))
     p.add_argument("--traffic", action="append", default=[], metavar="LOG", help="traffic log JSONL (or directory); repeatable")
     p.add_argument("--feedback", metavar="PATH", help="feedback store (registry dir or feedback.db) or JSONL export")
