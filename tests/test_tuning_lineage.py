@@ -130,3 +130,23 @@ async def test_streamed_replies_record_usage(tmp_path):
     assert plain["response_body"]["choices"][0]["message"]["content"] == "hello there world"
     assert canary["total_tokens"] is not None and canary["completion_tokens"] >= 1
     assert "usage_estimated" not in (canary.get("extra") or {})  # the local provider counts with its own tokenizer
+
+
+def test_feedback_add_never_guesses_the_gateway(monkeypatch, capsys):
+    from gateway.cli.feedback import main as feedback_main
+
+    monkeypatch.delenv("GATEHOUSE_URL", raising=False)
+    assert feedback_main(["add", "req_1", "--up"]) == 2
+    assert "no gateway URL: pass --url" in capsys.readouterr().err
+
+
+def test_help_shows_defaults_and_env_vars(capsys):
+    from gateway.cli import main as gatehouse
+    from gateway.cli.eval import build_parser
+
+    assert gatehouse(["--help"]) == 0
+    out = capsys.readouterr().out
+    for var in ("GATEHOUSE_URL", "GATEHOUSE_BASE_URL", "GATEHOUSE_API_KEY", "GATEHOUSE_ADMIN_URL", "GATEHOUSE_ADMIN_KEY", "GATEHOUSE_DATA_DIR"):
+        assert var in out
+    sxs = build_parser()._subparsers._group_actions[0].choices["sxs"].format_help()  # type: ignore[union-attr]
+    assert "(default: 0.05)" in sxs and "(default: 1000)" in sxs and "(default: reports)" in sxs

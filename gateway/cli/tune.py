@@ -16,9 +16,8 @@ import sys
 
 
 def _dataset(argv: list[str]) -> int:
-    from tuning import datasets as tds
-
     from gateway.cli import HelpFormatter
+    from tuning import datasets as tds
 
     p = argparse.ArgumentParser(prog="gatehouse tune dataset", description="build a curated, versioned dataset", formatter_class=HelpFormatter)
     p.add_argument("kind", choices=("sft", "prefs"))
