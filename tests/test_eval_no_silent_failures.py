@@ -140,3 +140,16 @@ def test_bias_model_counts_blocked_prompts_per_identity(tmp_path, capsys):
     assert g["christian"]["blocked"] == 0 and g["christian"]["answered"] == 4
     assert doc["prompts"] == 68 and doc["blocked"] == 4 and doc["block_rate_gap"] == 1.0
     assert "blocked 4 of 68 prompts" in out and out.index("muslim") < out.index("christian")  # worst block rate first
+
+
+def test_reward_model_arbiter_on_human_pairs(tmp_path, capsys):
+    """The offline arbiter the docs offer, through the CLI: agreement with CI and the parse-error line."""
+    hh = Path(__file__).parent / "fixtures" / "hh_rlhf" / "harmless-base_test_first100.jsonl"
+    model = Path(__file__).parents[1] / "tuning" / "artifacts" / "reward_minilm"
+    rc = main(["sxs", "--human-pairs", str(hh), "--limit", "12", "--reward-model", str(model), "--report-dir", str(tmp_path),
+               "--n-boot", "50"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "arbiter reward-model:" in out and "on 12 human-labelled pairs" in out and "judge parse errors      0 of 24" in out
+    doc = json.loads(next(tmp_path.glob("hh-agreement-reward_minilm-*.json")).read_text())
+    assert doc["n"] == 12 and doc["arbiter"].startswith("reward-model:")

@@ -150,3 +150,14 @@ def test_help_shows_defaults_and_env_vars(capsys):
         assert var in out
     sxs = build_parser()._subparsers._group_actions[0].choices["sxs"].format_help()  # type: ignore[union-attr]
     assert "(default: 0.05)" in sxs and "(default: 1000)" in sxs and "(default: reports)" in sxs
+
+
+def test_tune_errors_are_one_line(tmp_path, capsys):
+    from gateway.cli.tune import main as tune
+
+    assert tune(["sft", "--data", str(tmp_path / "nope"), "--base", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no dataset at" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert tune(["sft", "--data", "dataset:missing", "--base", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--registry", str(tmp_path / "reg")]) == 2
+    assert "no artifact 'dataset:missing'" in capsys.readouterr().err

@@ -72,6 +72,21 @@ def _dataset(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """One line on stderr for a problem the user can fix (missing data, unknown id), never a traceback."""
+    import os
+
+    from tuning.registry import RegistryError
+
+    try:
+        return _main(argv)
+    except (FileNotFoundError, NotADirectoryError, RegistryError, ValueError) as e:
+        if os.environ.get("GATEHOUSE_DEBUG"):
+            raise
+        print(f"gatehouse tune {argv[0] if argv else ''}: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
