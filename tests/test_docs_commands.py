@@ -61,7 +61,7 @@ def test_bash_blocks_run_as_written(tmp_path):
     outs = {}
     try:
         for page, proc in procs.items():
-            outs[page], _ = proc.communicate(timeout=300)
+            outs[page], _ = proc.communicate(timeout=900)  # a guard only: ~1 min on an idle 2-core box
     finally:
         for proc in procs.values():  # the gateway each script started in the background, if still there
             try:
