@@ -194,7 +194,7 @@ def test_examples_load() -> None:
     ps = PolicySet.load([EXAMPLES])
     assert {d.id for d in ps.documents} == {"demo", "acme"}
     assert [r.id for r in ps.resolve("demo", "demo-key", "demo", "input")] == [
-        "block-toxic-input", "redact-pii-input", "block-secrets", "shadow-stricter-toxicity",
+        "block-harmful-input", "injection-in-context", "redact-pii-input", "block-secrets", "shadow-stricter-toxicity",
     ]
 
 

@@ -40,7 +40,7 @@ def blocked(client: openai.OpenAI, text: str) -> bool:
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}])
     except openai.BadRequestError as exc:
         assert exc.body["code"] == "content_policy_violation"
-        assert exc.body["rule"] == "block-toxic-input"
+        assert exc.body["rule"] == "block-harmful-input"
         return True
     return False
 
