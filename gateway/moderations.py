@@ -14,8 +14,9 @@ translated from the taxonomy (``evaluators.safety.taxonomy.to_openai``) — plus
 ``prompt_injection``, which OpenAI has no category for), the detected language
 and ``unscored_language``.
 
-A harm category is flagged at ``moderations.thresholds[category]`` (default
-``moderations.threshold``, 0.5); the legacy ``toxicity`` / ``identity_attack``
+A harm category is flagged at ``moderations.thresholds[category]``, else the
+scorer's recommended threshold for it (the ``categories`` artifact's manifest:
+0.8, prompt injection 0.9), else ``moderations.threshold`` (0.5); the legacy ``toxicity`` / ``identity_attack``
 scores are reported but flag only when ``moderations.thresholds`` names them. Text in a language the scorer does not cover is
 never answered as safe: ``flagged: true`` and ``gatehouse.unscored_language:
 true`` while its categories stay false (the scorer could not read it).
@@ -72,6 +73,8 @@ class Moderator:
         scores = await scorer.ascore(texts)
         languages = frozenset(getattr(scorer, "languages", ASSUMED_LANGUAGES))
         produced = frozenset(getattr(scorer, "categories", ())) or None
+        # the scorer's own recommended operating points (the categories artifact's MANIFEST), if any
+        recommended: dict[str, float] = dict(getattr(scorer, "thresholds", None) or {})
         out = []
         for text, raw in zip(texts, scores, strict=True):
             ours = {c: float(s) for c, s in raw.items() if produced is None or c in produced}
@@ -79,7 +82,7 @@ class Moderator:
             unscored = not covers(languages, lang, text)
             flagged = [] if unscored else [
                 c for c, s in ours.items()
-                if (c in CATEGORIES or c in self.thresholds) and s >= self.thresholds.get(c, self.default)
+                if (c in CATEGORIES or c in self.thresholds) and s >= self.thresholds.get(c, recommended.get(c, self.default))
             ]
             if unscored:
                 self.unscored.labels("input", lang).inc()

@@ -425,7 +425,7 @@ def test_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert f"{bad}:11:15: rules[0].checks[1].type: unknown check type `regx` (did you mean `regex`?)" in err
     assert "8 problem(s)" in err
     assert policy_cli(["check", str(EXAMPLES)]) == 0
-    assert capsys.readouterr().out.startswith("ok: 2 policies, 7 rules, version demo@1,acme@2024.1+")
+    assert capsys.readouterr().out.startswith("ok: 2 policies, 8 rules, version demo@1,acme@2024.1+")
 
 
 def test_cli_explain_schema_and_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -442,7 +442,7 @@ def test_cli_explain_schema_and_dry_run(capsys: pytest.CaptureFixture[str]) -> N
     data = json.loads(capsys.readouterr().out)
     # no --config, so no safety model: the demo's safety rule fails closed and says why
     verdicts = {v["rule"]: v for v in data["verdicts"]}
-    assert data["action"] == "block" and verdicts["block-toxic-input"]["category"] == "error"
+    assert data["action"] == "block" and verdicts["block-harmful-input"]["category"] == "error"
     assert verdicts["redact-pii-input"]["action"] == "redact"
     assert policy_cli([*args, "--direction", "output", "--text", "key sk-abcdefghijklmnopqrstuvwx"]) == 0
     assert json.loads(capsys.readouterr().out)["action"] == "block"

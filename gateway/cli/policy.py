@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--text")
     src.add_argument("--text-file", type=Path)
     d.add_argument("--direction", choices=("input", "output"), default="input")
+    d.add_argument(
+        "--role", default=None,
+        help="where the text sits (input: user, system, developer, assistant, tool, grounding; output: assistant, "
+        "tool_call); only rules scoped to it apply (default: user on input, assistant on output)",
+    )
     d.add_argument("--tenant", required=True)
     d.add_argument("--model", required=True)
     d.add_argument("--key", default=None)
@@ -166,7 +171,11 @@ async def _dry_run(policies: PolicySet, args: argparse.Namespace) -> int:
     logging.getLogger("gatehouse.policies").setLevel(logging.ERROR)  # failed checks show up as verdicts
     safety, recitation = _load_models(args.config, policies) if args.config else (None, None)
     engine = Engine(policies, safety=safety, recitation=recitation)
-    rules = policies.resolve(args.tenant, args.key, args.model, args.direction, policy=args.policy)
+    role = args.role or ("user" if args.direction == "input" else "assistant")
+    rules = [
+        r for r in policies.resolve(args.tenant, args.key, args.model, args.direction, policy=args.policy)
+        if r.covers(args.direction, role)
+    ]
     outcome = await engine.evaluate_rules(rules, args.direction, text)
     for model in (safety, recitation):
         if model is not None and hasattr(model, "aclose"):
@@ -182,7 +191,7 @@ async def _dry_run(policies: PolicySet, args: argparse.Namespace) -> int:
             out["redacted_text"] = outcome.text
         print(json.dumps(out, indent=2))
         return 0
-    print(f"policy version {policies.version}; {len(rules)} {args.direction} rule(s) apply")
+    print(f"policy version {policies.version}; {len(rules)} {args.direction} rule(s) apply to role {role}")
     for v in outcome.verdicts:
         detail = f"  {json.dumps(v.detail)}" if v.detail else ""
         print(f"  {v.rule:<24} {v.check:<10} {v.category:<16} score={v.score:<6g} -> {v.action}{detail}")
