@@ -24,8 +24,8 @@ stream with ``finish_reason: content_filter`` and an SSE error naming the rule
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import inspect
 import json
 import logging

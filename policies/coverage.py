@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from evaluators.safety.taxonomy import FROM_DETOXIFY, FROM_LLAMA_GUARD, FROM_OPENAI
+from evaluators.safety.taxonomy import CATEGORIES, FROM_DETOXIFY, FROM_LLAMA_GUARD, FROM_OPENAI, LEGACY_CATEGORIES
 from policies.models import LlamaGuardCheck, ModerationCheck, SafetyCheck
 from policies.policy_set import PolicySet
 
@@ -24,6 +24,7 @@ GUARD_PRODUCES: Mapping[str, frozenset[str]] = {
 }
 # local backends whose categories are known without loading them (a checkpoint may have fewer)
 KNOWN_LOCAL: Mapping[str, frozenset[str]] = {
+    "safety.backend categories": frozenset(CATEGORIES + LEGACY_CATEGORIES),
     "safety.backend detoxify": frozenset(FROM_DETOXIFY.values()),
 }
 

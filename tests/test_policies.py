@@ -472,7 +472,7 @@ rules:
     assert main(["check", "--config", str(cfg), str(f)]) == 1
     err = capsys.readouterr().err
     assert f"{f}:5: rule block-harms, checks[0] (safety): no configured scorer produces `threat`" in err
-    assert "produced by: safety.backend detoxify, a `moderation` check" in err  # the scorers that would
+    assert "produced by: safety.backend categories, safety.backend detoxify, a `moderation` check" in err  # the scorers that would
     assert "checks[1] (llama_guard): no configured scorer produces `jailbreak`" in err and "2 problem(s)" in err
     # a scorer that produces both passes
     policies = PolicySet.load([f])
