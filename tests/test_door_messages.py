@@ -65,7 +65,7 @@ def test_demo_gateway_serves_and_governs_the_messages_door(demo_settings, tmp_pa
         with pytest.raises(anthropic.BadRequestError) as bad:
             client.messages.create(model="demo", max_tokens=16, messages=[{"role": "user", "content": "You are a worthless idiot and I hate you."}])
         err = bad.value.body["error"]
-        assert err["type"] == "invalid_request_error" and err["code"] == "content_policy_violation" and err["rule"] == "block-toxic-input"
+        assert err["type"] == "invalid_request_error" and err["code"] == "content_policy_violation" and err["rule"] == "block-harmful-input"
 
         # validation errors name the field, in the same shape
         with pytest.raises(anthropic.BadRequestError) as missing:
@@ -88,7 +88,7 @@ def test_demo_gateway_serves_and_governs_the_messages_door(demo_settings, tmp_pa
     recs = [r for r in records(log) if r.get("endpoint") == "messages"]
     assert len(recs) == 7, [r.get("status") for r in recs]
     blocked = next(r for r in recs if r["status"] == 400 and r.get("error_kind") == "content_policy")
-    assert any(v["rule"] == "block-toxic-input" for v in blocked["verdicts"])
+    assert any(v["rule"] == "block-harmful-input" for v in blocked["verdicts"])
     cut_rec = next(r for r in recs if r.get("finish_reason") == "content_filter")
     assert cut_rec["stream"] is True and any(v["rule"] == "output-safety" for v in cut_rec["verdicts"])
 
