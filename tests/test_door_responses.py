@@ -36,7 +36,7 @@ def test_demo_gateway_serves_and_governs_the_responses_door(demo_settings, tmp_p
 
         with pytest.raises(openai.BadRequestError) as bad:
             client.responses.create(model="demo", input="You are a worthless idiot and I hate you.")
-        assert bad.value.body["code"] == "content_policy_violation" and bad.value.body["rule"] == "block-toxic-input"
+        assert bad.value.body["code"] == "content_policy_violation" and bad.value.body["rule"] == "block-harmful-input"
 
         with pytest.raises(openai.BadRequestError) as unknown:
             client.responses.create(model="demo", input=[{"type": "reasoning", "summary": []}])  # type: ignore[list-item]
