@@ -60,8 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gatehouse.tracing")
 
-OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
-PROVIDER = {"openai": "openai", "mock": "gatehouse.mock", "local": "gatehouse.local"}
+# gen_ai.operation.name per endpoint (the Anthropic Messages and Responses doors are chat, per the semconv)
+OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings", "messages": "chat", "responses": "chat"}
+PROVIDER = {"openai": "openai", "anthropic": "anthropic", "mock": "gatehouse.mock", "local": "gatehouse.local"}
 STAGE_SPAN = {"prompts": "prompt render", "grounding": "grounding retrieval", "cache": "cache lookup", "guardrails": "guardrails input"}
 OPEN_SPANS = "tracing.open"  # ctx.state: spans a stream may leave open when the client leaves
 

@@ -108,3 +108,22 @@ def test_one_currency_per_config() -> None:
     with pytest.raises(ConfigError, match="one currency"):
         parse_settings({"routes": [{"name": "a", "targets": [{"provider": "mock", "model": "echo", "price": PRICE}]},
                                    {"name": "b", "targets": [{"provider": "mock", "model": "echo", "price": eur}]}]})
+
+
+def test_anthropic_messages_door_is_priced(fake_upstream: tuple[str, Any], tmp_path: Path) -> None:
+    """The /v1/messages door (whole and streamed) gets the same cost as chat: usage flows through the core record."""
+    url, _ = fake_upstream
+    log = tmp_path / "traffic.jsonl"
+    with gateway(_settings(url, log, cost={"header": True})) as (gw, _app):
+        body = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
+        r = httpx.post(gw + "/v1/messages", headers={"x-api-key": API_KEY}, json=body)
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        want = (usage["input_tokens"] * 2.0 + usage["output_tokens"] * 8.0) / 1e6
+        assert float(r.headers["x-gatehouse-cost"]) == pytest.approx(want)
+        with httpx.stream("POST", gw + "/v1/messages", headers={"x-api-key": API_KEY}, json={**body, "stream": True}) as s:
+            assert s.status_code == 200
+            s.read()
+    recs = _records(log)
+    assert [(r["endpoint"], r["stream"]) for r in recs] == [("messages", False), ("messages", True)]
+    assert all(r["cost"] == pytest.approx(want) and r["cost_estimated"] is False for r in recs)

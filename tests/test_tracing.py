@@ -324,3 +324,19 @@ def test_demo_gateway_yields_one_trace_per_request_and_costs(tmp_path: Path, mon
         assert {"gatehouse.auth", "guardrails input", "chat echo"} <= set(names)
         assert any(n.startswith("guardrail ") for n in names)
         assert ("stream hold-back" in names) == rec["stream"]
+
+
+def test_anthropic_messages_door_is_traced(fake_upstream: tuple[str, Any], tmp_path: Path, prefix: str) -> None:
+    up, _ = fake_upstream
+    exporter = Exporter()
+    with gateway(_settings(up, tmp_path, prefix), span_exporter=exporter) as (url, _):
+        r = httpx.post(url + "/v1/messages", headers={"x-api-key": API_KEY, "traceparent": f"00-{TRACE_ID}-{PARENT}-01"},
+                       json={"model": "fb", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        spans = exporter.wait_servers(1)
+    (server,) = [s for s in spans if s.kind.name == "SERVER"]
+    a = server.attributes or {}
+    assert server.name == "POST /v1/messages" and format(server.context.trace_id, "032x") == TRACE_ID
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.model"] == "fb" and a["gatehouse.target"] == "backup"
+    assert a["gen_ai.usage.output_tokens"] == r.json()["usage"]["output_tokens"]
+    assert {"gatehouse.budget", "guardrails input", "chat error:503", "chat echo"} <= {s.name for s in spans}
