@@ -21,18 +21,8 @@ from gateway.guardrails import GuardrailStage
 from gateway.types import Caller, RequestContext, TrafficRecord
 from policies import Engine, PolicySet
 from tests.support import API_KEY, gateway, make_settings
+from tests.test_guardrails import MOBY, RECITED
 
-MOBY = (
-    "Call me Ishmael. Some years ago never mind how long precisely having little or no money in my "
-    "purse and nothing particular to interest me on shore I thought I would sail about a little and "
-    "see the watery part of the world. It is a way I have of driving off the spleen and regulating "
-    "the circulation. Whenever I find myself growing grim about the mouth whenever it is a damp "
-    "drizzly November in my soul."
-)
-RECITED = (
-    "Some years ago never mind how long precisely having little or no money in my purse and nothing "
-    "particular to interest me on shore I thought I would sail about a little"
-)
 POLICY = """\
 id: logs
 version: 1

@@ -33,6 +33,7 @@ a text whose language no configured scorer covers (see ``evaluators.safety.langu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -156,14 +157,19 @@ def _check() -> None:
 _check()
 
 
-def from_openai(scores: dict[str, float]) -> dict[str, float]:
-    """OpenAI ``category_scores`` -> ours (max over the OpenAI categories that map to one of ours)."""
+def _max_mapped(scores: dict[str, float], mapping: Mapping[str, str]) -> dict[str, float]:
+    """``scores`` renamed through ``mapping`` (unmapped names dropped), max where names collide."""
     out: dict[str, float] = {}
     for name, score in scores.items():
-        ours = FROM_OPENAI.get(name)
+        ours = mapping.get(name)
         if ours is not None:
             out[ours] = max(out.get(ours, 0.0), float(score))
     return out
+
+
+def from_openai(scores: dict[str, float]) -> dict[str, float]:
+    """OpenAI ``category_scores`` -> ours (max over the OpenAI categories that map to one of ours)."""
+    return _max_mapped(scores, FROM_OPENAI)
 
 
 def to_openai(scores: dict[str, float]) -> dict[str, float]:
@@ -183,12 +189,7 @@ def from_llama_guard(codes: list[str] | tuple[str, ...]) -> list[str]:
 
 def from_detoxify(scores: dict[str, float]) -> dict[str, float]:
     """Detoxify label scores -> ours (max over labels that map to one of ours)."""
-    out: dict[str, float] = {}
-    for name, score in scores.items():
-        ours = FROM_DETOXIFY.get(name)
-        if ours is not None:
-            out[ours] = max(out.get(ours, 0.0), float(score))
-    return out
+    return _max_mapped(scores, FROM_DETOXIFY)
 
 
 __all__ = [
