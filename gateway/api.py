@@ -251,7 +251,8 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
     rt.meter.track_stream(ctx)
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers_list(ctx)]})
-    texts: list[str] = []
+    # one list of streamed text: the cost meter's (priced routes) when it keeps one
+    texts: list[str] = ctx.state.get(STREAM_TEXT, [])
     door = ctx.state.get(DOOR)
     enc = door.encoder(ctx) if door is not None else None
     pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send, texts, enc))
@@ -319,7 +320,6 @@ async def _pump(
     batch: list[bytes] | None = first
     clock = time.perf_counter
     out: list[bytes] = []
-    texts: list[str] | None = ctx.state.get(STREAM_TEXT)  # kept to estimate cost if no usage comes
 
     async def flush() -> None:
         if out:
@@ -352,8 +352,6 @@ async def _pump(
                         rec.response_model = chunk["model"]
                     text = chunk_text(chunk)
                     streamed.append(text)
-                    if texts is not None:
-                        texts.append(text)
                     if chunk.get("usage"):
                         take_usage(ctx, chunk["usage"])
                         if not chunk.get("choices") and not client_wants_usage:

@@ -24,9 +24,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import orjson
@@ -44,16 +43,9 @@ from gateway.routing import Route
 from gateway.runtime import Runtime
 from gateway.types import INTERNAL_CALLER, PARSED_BODY, Caller, RequestContext, TrafficRecord
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("gatehouse")
 OVERHEAD_HEADER = b"x-gatehouse-overhead-ms"
 TRACED = "traced"  # scope state: this request has a server span
-
-
-async def loop_run(fn: Callable[[], Any]) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 
 HOT_PATHS: dict[str, api.Endpoint] = {

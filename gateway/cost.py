@@ -118,20 +118,15 @@ class Meter:
         """Load the estimating tokenizer (startup, when any target has a price): a bad path fails startup."""
         if not self.prices or self._tokenizer is not None:
             return
+        self._load_tokenizer()
+
+    def _load_tokenizer(self) -> None:
         from tokenizers import Tokenizer
 
-        path = self._tokenizer_path or default_tokenizer_path()
-        tok = Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(self._tokenizer_path or default_tokenizer_path()))
         tok.no_truncation()
         tok.no_padding()
         self._tokenizer = tok
-
-    def count(self, text: str) -> int:
-        if not text:
-            return 0
-        if self._tokenizer is None:
-            self.load()
-        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def estimate_tokens(self, text: str) -> int:
         """Tokens of ``text`` by the estimating tokenizer, loaded on first use even when no route is
@@ -139,13 +134,10 @@ class Meter:
         if not text:
             return 0
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_file(str(self._tokenizer_path or default_tokenizer_path()))
-            tok.no_truncation()
-            tok.no_padding()
-            self._tokenizer = tok
+            self._load_tokenizer()
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    count = estimate_tokens  # the name cost settlement and its tests use
 
     def estimate_hold(self, route: str, body: Mapping[str, Any], default_max_tokens: int) -> float:
         """An upper-ish cost of a request before it runs, at the route's dearest price (budgets' hold)."""
