@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from gateway import api, doors, limits, moderations
-from gateway.asgi import ASGIApp, Receive, Scope, Send
+from gateway.asgi import ASGIApp, Receive, Scope, Send, parse_json
 from gateway.auth import bearer
 from gateway.config import Settings
 from gateway.errors import ErrorKind, GatewayError
@@ -56,7 +56,6 @@ HOT_PATHS: dict[str, api.Endpoint] = {
     "/v1/messages": "messages",  # Anthropic Messages door (gateway.doors)
     "/v1/responses": "responses",  # OpenAI Responses door (gateway.doors)
 }
-LARGE_BODY = 256 * 1024  # bytes: bodies this large are parsed and serialised in a worker thread
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CONSOLE_PREFIX = "/console"  # the web console signs its users in itself (gateway.console)
 
@@ -291,7 +290,7 @@ class Dispatch:
         else:
             try:
                 # a large body is parsed off the event loop
-                body = orjson.loads(raw) if len(raw) < LARGE_BODY else await asyncio.to_thread(orjson.loads, raw)
+                body = await parse_json(raw)
             except orjson.JSONDecodeError as exc:
                 raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
         limits.check_request(endpoint, body, rt.settings.limits)  # before anything recursive touches it

@@ -50,10 +50,11 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.asgi import peek_json
 from gateway.config import BudgetLimit, Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import Metrics
-from gateway.types import PARSED_BODY, Caller
+from gateway.types import Caller
 
 log = logging.getLogger("gatehouse.budgets")
 
@@ -411,17 +412,8 @@ class Budgets:
         if self.store.empty:
             await app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        body = state.get(PARSED_BODY)
-        if body is None:
-            from gateway.ratelimit import _buffer_body
-
-            raw, receive = await _buffer_body(receive, self.max_body_bytes)
-            try:
-                body = orjson.loads(raw)
-                state[PARSED_BODY] = body  # the API handler needn't parse it again
-            except orjson.JSONDecodeError:
-                body = None  # the handler rejects it before any upstream call
+        body, receive = await peek_json(scope, receive, self.max_body_bytes)
+        state = scope["state"]
         model = body.get("model") if isinstance(body, dict) else None
         model = model if isinstance(model, str) else ""
         hold_cost = self.meter.estimate_hold(model, body, self.cfg.default_max_tokens) if isinstance(body, dict) else 0.0

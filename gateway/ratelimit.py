@@ -55,13 +55,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
-
-from gateway.asgi import read_body
+from gateway.asgi import peek_json
 from gateway.config import RateLimitSettings, Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import Metrics
-from gateway.types import PARSED_BODY, Caller
+from gateway.types import Caller
 
 log = logging.getLogger("gatehouse.ratelimit")
 
@@ -546,13 +544,8 @@ class RateLimiter:
             return
         est = 0
         if any(b.tpm for b in buckets):
-            body, receive = await _buffer_body(receive, self.max_body_bytes)
-            try:
-                parsed = orjson.loads(body)
-                est = estimate_tokens(parsed) if isinstance(parsed, dict) else 0
-                scope.setdefault("state", {})[PARSED_BODY] = parsed  # the API handler needn't parse it again
-            except orjson.JSONDecodeError:
-                est = 0  # the handler rejects it; reserve nothing
+            parsed, receive = await peek_json(scope, receive, self.max_body_bytes)
+            est = estimate_tokens(parsed) if isinstance(parsed, dict) else 0  # not JSON: reserve nothing
         lease = await self.acquire(caller, est)
         try:
             await app(scope, receive, send)
@@ -610,20 +603,6 @@ def make_limiter(settings: Settings, redis: Any = None, metrics: Metrics | None 
 async def build_limiter(services: Any) -> RateLimiter:
     """The app's factory: ``services.settings``, ``.redis`` (or None), ``.metrics``."""
     return make_limiter(services.settings, services.redis, services.metrics)
-
-
-async def _buffer_body(receive: Any, limit: int) -> tuple[bytes, Any]:
-    body = await read_body(receive, limit)
-    replayed = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # later calls: disconnect detection
-
-    return body, replay
 
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:

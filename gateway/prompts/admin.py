@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
