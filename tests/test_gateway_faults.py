@@ -94,10 +94,14 @@ def test_upstream_drop_mid_stream_ends_with_sse_error(fake_upstream):
     settings = make_settings([{"name": "m", "targets": [target(u, "stream-then-drop")]}])
     with gateway(settings) as (url, _):
         got = []
-        with pytest.raises(openai.APIError) as ei:
-            for c in client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "one two three four five six"}], stream=True):
-                if c.choices:
-                    got.append(c.choices[0].delta.content or "")
+        # the client and the stream are closed explicitly: a response left open when the
+        # stream raises would otherwise be closed by the garbage collector, with a warning
+        with client(url) as c, pytest.raises(openai.APIError) as ei, c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "one two three four five six"}], stream=True
+        ) as stream:
+            for chunk in stream:
+                if chunk.choices:
+                    got.append(chunk.choices[0].delta.content or "")
         assert "upstream stream broke" in str(ei.value)
         assert "".join(got) == "one two three"
 

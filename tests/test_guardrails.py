@@ -326,7 +326,7 @@ def test_e2e_stream_recitation_cut_off(e2e: Any) -> None:
     prompt = f"Here is a lovely opening line from an old book I like a lot. {RECITED} and so on."
     stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": prompt}], stream=True)
     text, finish = "", None
-    with pytest.raises(openai.APIError) as exc:
+    with pytest.raises(openai.APIError) as exc, stream:
         for c in stream:
             if c.choices:
                 text += c.choices[0].delta.content or ""

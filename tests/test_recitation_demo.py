@@ -47,10 +47,9 @@ def test_japanese_recitation_is_cut_mid_stream_with_its_source(demo_settings) ->
     with gateway(demo_settings) as (url, _app):
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-gatehouse-demo", max_retries=0)
         released = ""
-        with pytest.raises(openai.APIError) as err:
-            stream = client.chat.completions.create(
-                model="demo", messages=[{"role": "user", "content": sentences(PREAMBLE + ESSAY)}], stream=True
-            )
+        with pytest.raises(openai.APIError) as err, client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": sentences(PREAMBLE + ESSAY)}], stream=True
+        ) as stream:
             for chunk in stream:
                 if chunk.choices:
                     released += chunk.choices[0].delta.content or ""
