@@ -20,7 +20,6 @@ A missing or inconsistent artifact is an error at load (a startup error in the g
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,16 +28,13 @@ import numpy as np
 from evaluators.embedding import Embedder
 from evaluators.safety import taxonomy as tx
 from evaluators.safety.head import Head, sha256_file
-from evaluators.safety.minilm_head import DEFAULT_HEAD, WINDOW_OVERLAP, WINDOW_TOKENS, minilm_units
-from evaluators.safety.windows import WindowedScorer
-
-log = logging.getLogger("gatehouse.safety")
+from evaluators.safety.minilm_head import DEFAULT_HEAD, WINDOW_OVERLAP, WINDOW_TOKENS, MiniLMScorer
 
 CATEGORIES_DIR = Path(__file__).parent / "artifacts" / "categories"
 HEAD_FILE = "head.npz"
 
 
-class CategoryScorer(WindowedScorer):
+class CategoryScorer(MiniLMScorer):
     """Harm categories + legacy toxicity labels from one MiniLM embedding per window."""
 
     def __init__(
@@ -76,32 +72,16 @@ class CategoryScorer(WindowedScorer):
         if not legacy_path.exists():
             raise FileNotFoundError(f"no legacy safety head at {legacy_path} (toxicity, identity_attack)")
         self.legacy = Head.load(legacy_path)
-        for h, p in ((self.head, head_path), (self.legacy, legacy_path)):
-            if h.input_dim != embedder.dimension:
-                raise ValueError(
-                    f"safety head {p} expects {h.input_dim}-d embeddings but the embedder {embedder.model_dir} "
-                    f"gives {embedder.dimension}-d; use the embedder it was trained on"
-                )
-        trained_on = (self.manifest.get("embedder") or {}).get("fingerprint_sha256")
-        if trained_on and trained_on != embedder.fingerprint:
-            log.warning(
-                "category head %s was trained on other embeddings (%s) than the embedder's (%s, %s); "
-                "its measured quality was for those", head_path, trained_on[:12], embedder.runtime,
-                embedder.fingerprint[:12],
-            )
         self.labels = self.head.labels + tuple(lbl for lbl in self.legacy.labels if lbl not in self.head.labels)
         self._legacy_cols = [self.legacy.labels.index(lbl) for lbl in self.labels[len(self.head.labels):]]
         self.languages = frozenset(self.manifest.get("languages", ["en"]))
         self.thresholds: dict[str, float] = dict(self.manifest.get("recommended_thresholds", {}))
         self.name = f"categories@{self.head_sha256[:12]}"
-        self.embedder = embedder
-        self.tokenizer = embedder.tokenizer
-        self.window = window
-        self.overlap = overlap
-        self._init_batcher(max_batch, max_wait, on_batch)
-
-    def units(self, text: str) -> list[str]:
-        return minilm_units(text, self.tokenizer, self.window, self.overlap)
+        self._init_minilm(
+            embedder, [(self.head, head_path), (self.legacy, legacy_path)], self.manifest,
+            retrain="python -m tuning.train_safety_categories --data DIR",
+            window=window, overlap=overlap, max_batch=max_batch, max_wait=max_wait, on_batch=on_batch,
+        )
 
     def _score_windows(self, texts: Sequence[str]) -> np.ndarray:
         x = self.embedder.encode(list(texts))

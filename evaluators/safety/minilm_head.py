@@ -41,7 +41,55 @@ def minilm_units(text: str, tokenizer: Any, window: int, overlap: int) -> list[s
     return list(dict.fromkeys(windows + sentences))
 
 
-class MiniLMHeadScorer(WindowedScorer):
+class MiniLMScorer(WindowedScorer):
+    """Shared by the scorers that read numpy heads over one MiniLM embedding per window
+    (``minilm-head``, ``categories``): the checks at load and the window plumbing."""
+
+    embedder: Embedder
+
+    def _init_minilm(
+        self,
+        embedder: Embedder,
+        heads: Sequence[tuple[Head, Path]],
+        manifest: dict[str, Any],
+        *,
+        retrain: str,
+        window: int,
+        overlap: int,
+        max_batch: int,
+        max_wait: float,
+        on_batch: Callable[[int], None] | None,
+    ) -> None:
+        for head, path in heads:
+            if head.input_dim != embedder.dimension:
+                raise ValueError(
+                    f"safety head {path} expects {head.input_dim}-d embeddings but the embedder "
+                    f"{embedder.model_dir} gives {embedder.dimension}-d; use the embedder it was trained on"
+                )
+        trained_with = manifest.get("embedder")
+        if not isinstance(trained_with, dict):
+            trained_with = {}
+        trained_on = trained_with.get("fingerprint_sha256")
+        if trained_on and trained_on != embedder.fingerprint:
+            # still usable (int8 and fp32 vectors agree to cosine ~0.99), but its
+            # measured quality was for the other runtime: say so once, at load
+            log.warning(
+                "safety head %s was trained on %s embeddings (%s) but the embedder is %s (%s); "
+                "scores shift slightly. Retrain with `%s` or set embedding.runtime to match",
+                heads[0][1], trained_with.get("runtime", "torch"), trained_on[:12],
+                embedder.runtime, embedder.fingerprint[:12], retrain,
+            )
+        self.embedder = embedder
+        self.tokenizer = embedder.tokenizer
+        self.window = window
+        self.overlap = overlap
+        self._init_batcher(max_batch, max_wait, on_batch)
+
+    def units(self, text: str) -> list[str]:
+        return minilm_units(text, self.tokenizer, self.window, self.overlap)
+
+
+class MiniLMHeadScorer(MiniLMScorer):
     """Scores only the labels the head was trained for (see artifacts/MANIFEST.json)."""
 
     def __init__(
@@ -62,36 +110,15 @@ class MiniLMHeadScorer(WindowedScorer):
                 "`python -m tuning.train_safety_head --out evaluators/safety/artifacts`"
             )
         self.head = Head.load(path)
-        if self.head.input_dim != embedder.dimension:
-            raise ValueError(
-                f"safety head {path} expects {self.head.input_dim}-d embeddings but the embedder "
-                f"{embedder.model_dir} gives {embedder.dimension}-d; use the embedder it was trained on"
-            )
         self.head_sha256 = sha256_file(path)
         self.name = f"minilm-head@{self.head_sha256[:12]}"
         self.labels = self.head.labels
-        self.embedder = embedder
-        self.tokenizer = embedder.tokenizer
-        self.window = window
-        self.overlap = overlap
         manifest = path.parent / "MANIFEST.json"
         self.manifest = json.loads(manifest.read_text()) if manifest.exists() else {}
-        trained_with = self.manifest.get("embedder")
-        trained_on = trained_with.get("fingerprint_sha256") if isinstance(trained_with, dict) else None
-        if trained_on and trained_on != embedder.fingerprint:
-            # still usable (int8 and fp32 vectors agree to cosine ~0.99), but its
-            # measured quality was for the other runtime: say so once, at load
-            log.warning(
-                "safety head %s was trained on %s embeddings (%s) but the embedder is %s (%s); "
-                "scores shift slightly. Retrain with `python -m tuning.train_safety_head` "
-                "or set embedding.runtime to match",
-                path, trained_with.get("runtime", "torch"), trained_on[:12],  # type: ignore[union-attr]
-                embedder.runtime, embedder.fingerprint[:12],
-            )
-        self._init_batcher(max_batch, max_wait, on_batch)
-
-    def units(self, text: str) -> list[str]:
-        return minilm_units(text, self.tokenizer, self.window, self.overlap)
+        self._init_minilm(
+            embedder, [(self.head, path)], self.manifest, retrain="python -m tuning.train_safety_head",
+            window=window, overlap=overlap, max_batch=max_batch, max_wait=max_wait, on_batch=on_batch,
+        )
 
     def _score_windows(self, texts: Sequence[str]) -> np.ndarray:
         return self.head.predict_proba(self.embedder.encode(list(texts)))
