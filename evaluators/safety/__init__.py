@@ -66,7 +66,27 @@ def load_scorer(
     ``on_batch`` observes each micro-batch size (e.g. a histogram metric).
     For ``categories`` / ``minilm-head`` pass the process-wide ``embedder`` (``services.embedder()``) so
     grounding reuses its cached vectors; without one, ``shared_embedder(model_dir)`` is used.
+
+    Also loads the language-ID model: every safety check detects the text's language
+    first (``policies.cascade``), and loading it lazily stalled the gateway's event loop
+    for ~1 s on the first request (``tests/bench/bench_adversarial.py``). Callers load
+    the scorer at startup, in a worker thread.
     """
+    scorer = _build_scorer(settings, base_dir, embedder, on_batch=on_batch)
+    if scorer is not None:
+        from evaluators.safety.language import warm_up
+
+        warm_up()
+    return scorer
+
+
+def _build_scorer(
+    settings: SafetySettings,
+    base_dir: str | Path,
+    embedder: Embedder | None,
+    *,
+    on_batch: Callable[[int], None] | None,
+) -> SafetyScorer | None:
     max_wait = settings.max_wait_ms / 1000.0
     if settings.backend == "none":
         return None
