@@ -1,6 +1,7 @@
 """Hardening (#17): fuzzed request bodies on every door never get a 5xx, and every error
 comes back in the door's own error shape.
 
+Doors: Chat Completions, Embeddings, Anthropic Messages and OpenAI Responses.
 Hypothesis builds bodies around a valid request (extra fields, wrong types, nested values,
 odd content parts, huge and empty strings) and posts them to a real gateway with guardrails
 on. Deterministic (``derandomize``) and bounded, so the suite stays fast and repeatable.
@@ -44,6 +45,36 @@ parts = st.one_of(
                           optional={"text": json_values, "content": json_values, "refusal": json_values}),
 )
 contents = st.one_of(st.text(max_size=60), st.lists(parts, max_size=4), json_values)
+# Responses API input items: messages (typed parts), tool calls and their outputs, unknown items
+response_items = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", ""])},
+                              optional={"content": contents, "type": st.sampled_from(["message", "reasoning", "bogus"])}),
+        st.fixed_dictionaries({"type": st.sampled_from(["function_call", "function_call_output", "item_reference", "input_text", "message"])},
+                              optional={"call_id": json_values, "output": json_values, "name": json_values, "arguments": json_values,
+                                        "id": json_values, "text": json_values, "content": contents}),
+        json_values,
+    ),
+    max_size=4,
+)
+# ... and well-formed ones, so most bodies get past validation into the guardrails and back out
+typed_parts = st.lists(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text", "text", "refusal", "input_image", "input_file", "video"])},
+                          optional={"text": st.one_of(st.text(max_size=30), st.sampled_from(["bob@example.com", "forbidden", ""]))}),
+    max_size=3,
+)
+valid_items = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer"]),
+                               "content": st.one_of(st.text(max_size=40), st.sampled_from(["mail bob@example.com", "forbidden"]), typed_parts)},
+                              optional={"type": st.just("message")}),
+        st.fixed_dictionaries({"type": st.just("function_call"), "call_id": st.text(max_size=8), "name": st.text(max_size=8),
+                               "arguments": st.text(max_size=20)}),
+        st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": st.text(max_size=8),
+                               "output": st.one_of(st.text(max_size=30), typed_parts)}),
+    ),
+    min_size=1, max_size=4,
+)
 messages = st.lists(
     st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "developer", "robot", ""])},
                           optional={"content": contents, "name": json_values, "tool_call_id": json_values}),
@@ -58,8 +89,8 @@ def _nest(n: int) -> Any:
     return v
 
 
-def body(base: dict[str, Any], fields: dict[str, Any]) -> st.SearchStrategy[Any]:
-    extra = st.dictionaries(st.sampled_from([*fields, "metadata", "stream", "max_tokens", "temperature", "n", "tools", "user"]),
+def body(base: dict[str, Any], fields: dict[str, Any], extras: tuple[str, ...] = ()) -> st.SearchStrategy[Any]:
+    extra = st.dictionaries(st.sampled_from([*fields, "metadata", "stream", "max_tokens", "temperature", "n", "tools", "user", *extras]),
                             st.one_of(json_values, deep), max_size=3)
     shaped = st.fixed_dictionaries({k: st.one_of(v, json_values) for k, v in fields.items()})
     return st.one_of(
@@ -112,7 +143,27 @@ def test_messages_door(client: httpx.Client, payload: Any) -> None:
     check_anthropic(client.post("/v1/messages", json=payload))
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/messages"])
+@FUZZ
+@given(body({"model": "m"}, {"model": st.sampled_from(["m", "nope", "m" * 300]), "input": st.one_of(st.text(max_size=60), response_items),
+                             "instructions": st.one_of(st.text(max_size=40), json_values)},
+            ("store", "previous_response_id", "max_output_tokens", "text", "tool_choice", "reasoning", "include")))
+def test_responses_door(client: httpx.Client, payload: Any) -> None:
+    payload = {**payload, "stream": False} if isinstance(payload, dict) and payload.get("stream") is True else payload
+    check_openai(client.post("/v1/responses", json=payload))
+
+
+@FUZZ
+@given(st.fixed_dictionaries({"model": st.just("m"), "input": st.one_of(st.text(max_size=40), valid_items)},
+                             optional={"instructions": st.text(max_size=40), "store": st.booleans(), "max_output_tokens": st.integers(1, 64),
+                                       "temperature": st.floats(0, 2), "metadata": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2)}))
+def test_responses_door_well_formed(client: httpx.Client, payload: dict[str, Any]) -> None:
+    r = client.post("/v1/responses", json=payload)
+    check_openai(r)
+    if r.status_code == 200:
+        assert r.json()["object"] == "response"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"])
 @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b'{"model": "m", "messages": ' + b"[" * 2000 + b"]" * 2000 + b"}", b"\xff\xfe"])
 def test_broken_json_on_every_door(client: httpx.Client, path: str, raw: bytes) -> None:
     r = client.post(path, content=raw, headers={"content-type": "application/json"})
