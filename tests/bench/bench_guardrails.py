@@ -33,18 +33,31 @@ Then, round by round (order alternating, so drift on a shared machine hits both)
   ``gatehouse_guardrail_batch_size`` (micro-batching) and
   ``gatehouse_guardrail_latency_seconds`` per check in that phase.
 
+Then **overload** (issue #17; ``--skip-overload`` skips it, ``--overload-only`` runs only it):
+16 clients each send 4 chats of 100 distinct messages (1,600 texts against
+``limits.guardrail_capacity`` 256) while 4 more clients repeat the README's harmful request
+until the load ends, first against ``on`` (this benchmark's policy, ``on_error: open``), then
+against a gateway ``demo`` running ``policies/examples/demo.yaml`` (``on_error: closed``).
+Reported per gateway: every answer, the shed rate (429/503 with ``Retry-After``), sheds by
+admission control (``gatehouse_guardrail_shed_total``), **fail-open events**
+(``gatehouse_guardrail_fail_open_total`` over the phase: texts an ``on_error: open`` check let
+through unchecked) and harmful probes answered 200. The exit status is 1 if the demo policy
+has any fail-open event or passes a probe.
+
 Every user message is distinct (a counter and varied wording), so no embedding is
 reused across requests. Medians across rounds. Prints a markdown table with the
 targets and pass/fail; writes JSON with ``--out``.
 
     /tmp/gh-venv/bin/python tests/bench/bench_guardrails.py --quick
     /tmp/gh-venv/bin/python tests/bench/bench_guardrails.py --out guardrails.json
+    /tmp/gh-venv/bin/python tests/bench/bench_guardrails.py --overload-only
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -200,10 +213,13 @@ POLICY_LEGACY = {  # the check set before issue #12: toxicity-only minilm-head
 }
 
 
-BACKENDS = {"on": "categories", "legacy": "minilm-head"}
+BACKENDS = {"on": "categories", "legacy": "minilm-head", "demo": "categories"}
+DEMO_POLICY = ROOT / "policies" / "examples" / "demo.yaml"
+HARMFUL = "I hate all immigrants, they are vermin"  # the README's blocked example
 
 
-def gateway_config(workdir: Path, name: str, upstream: str, guarded: bool, recitation_index: Path | None) -> Path:
+def gateway_config(workdir: Path, name: str, upstream: str, guarded: bool, recitation_index: Path | None,
+                   capacity: int | None = None) -> Path:
     import yaml
 
     cfg: dict[str, Any] = {
@@ -213,9 +229,14 @@ def gateway_config(workdir: Path, name: str, upstream: str, guarded: bool, recit
                                                   "model": MODEL, "api_key": "sk-upstream"}]}],
         "traffic_log": {"sink": "jsonl", "path": str(workdir / f"traffic-{name}.jsonl")},
     }
+    if capacity is not None:
+        cfg["limits"] = {"guardrail_capacity": capacity}
     if guarded:
-        policy = workdir / f"policy-bench-{name}.yaml"
-        policy.write_text(yaml.safe_dump(POLICY if name == "on" else POLICY_LEGACY, sort_keys=False))
+        if name == "demo":  # the demo gateway's own policy file (on_error: closed on its model checks)
+            policy = DEMO_POLICY
+        else:
+            policy = workdir / f"policy-bench-{name}.yaml"
+            policy.write_text(yaml.safe_dump(POLICY if name == "on" else POLICY_LEGACY, sort_keys=False))
         cfg["policies"] = {"paths": [str(policy)], "reload": False}
         cfg["safety"] = {"backend": BACKENDS[name]}
         cfg["recitation"] = {"index": str(recitation_index)}
@@ -397,6 +418,108 @@ def guard_metrics(before: dict, after: dict) -> dict[str, Any]:
     hold = hist_delta(before, after, "gatehouse_stream_holdback_seconds")
     return {"batch_mean": batch["mean"], "batches": batch["count"], "checks": checks,
             "holdback_mean_ms": hold["mean"] * 1000 if hold["mean"] is not None else None}
+
+
+# ---- overload: more texts in flight than the guardrails' capacity ----------------------------------
+
+def overload_body(n_messages: int) -> bytes:
+    import orjson
+
+    return orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": user_message()} for _ in range(n_messages)],
+                         "max_tokens": 128})
+
+
+def metric_sum(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in m.items() if n == name)
+
+
+async def overload(session: Any, base: str, args: argparse.Namespace) -> dict[str, Any]:
+    """#17's scenario: ``--overload-clients`` clients each send ``--overload-requests`` chats of
+    ``--overload-messages`` messages (every text distinct), while ``--overload-probes`` clients send
+    the README's harmful request over and over until the load ends. Counts every answer, the 503s
+    with ``Retry-After`` (sheds), and ``gatehouse_guardrail_fail_open_total`` over the phase."""
+    import orjson
+
+    headers = {"content-type": "application/json", "authorization": f"Bearer {GATEWAY_KEY}"}
+    bodies = [[overload_body(args.overload_messages) for _ in range(args.overload_requests)] for _ in range(args.overload_clients)]
+    probe = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": HARMFUL}], "max_tokens": 32})
+    statuses: dict[str, dict[str, int]] = {"load": {}, "probe": {}}
+    no_retry_after = 0
+    done = asyncio.Event()
+
+    async def send(kind: str, body: bytes) -> None:
+        nonlocal no_retry_after
+        try:
+            async with session.post(base + "/v1/chat/completions", data=body, headers=headers) as r:
+                data = await r.read()
+                key = str(r.status)
+                if r.status >= 400:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        key += " " + str(orjson.loads(data)["error"].get("code"))
+                if r.status in (429, 503) and "retry-after" not in r.headers:
+                    no_retry_after += 1
+        except Exception as exc:
+            key = type(exc).__name__
+        statuses[kind][key] = statuses[kind].get(key, 0) + 1
+
+    async def client(mine: list[bytes]) -> None:
+        for b in mine:
+            await send("load", b)
+
+    async def prober() -> None:
+        while not done.is_set():
+            await send("probe", probe)
+
+    before = await scrape(session, base)
+    t0 = time.perf_counter()
+    probes = [asyncio.create_task(prober()) for _ in range(args.overload_probes)]
+    await asyncio.gather(*(client(b) for b in bodies))
+    done.set()
+    await asyncio.gather(*probes)
+    wall = time.perf_counter() - t0
+    after = await scrape(session, base)
+    n = sum(sum(v.values()) for v in statuses.values())
+    shed = sum(c for kind in statuses.values() for k, c in kind.items() if k.split()[0] in ("429", "503"))
+    return {
+        "requests": n, "wall_s": wall, "statuses": statuses, "shed_responses": shed, "shed_rate": shed / n if n else None,
+        "shed_without_retry_after": no_retry_after,
+        "admission_shed": metric_sum(after, "gatehouse_guardrail_shed_total") - metric_sum(before, "gatehouse_guardrail_shed_total"),
+        "fail_open": metric_sum(after, "gatehouse_guardrail_fail_open_total") - metric_sum(before, "gatehouse_guardrail_fail_open_total"),
+        "probes_passed": statuses["probe"].get("200", 0),
+    }
+
+
+def overload_markdown(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    L = [f"Overload: {args.overload_clients} clients x {args.overload_requests} chats of {args.overload_messages} distinct messages "
+         f"({args.overload_clients * args.overload_messages} texts at once against a capacity of "
+         f"{args.overload_capacity or 256} texts), plus {args.overload_probes} clients repeating a harmful request until the load ends:",
+         "",
+         "| gateway | policy | requests | answers | shed (429/503 + Retry-After) | shed rate | sheds by admission | fail-open events | harmful probes passed |",
+         "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    what = {"on": "bench policy, `on_error: open`", "demo": "`policies/examples/demo.yaml`, `on_error: closed`"}
+    for name, r in res.items():
+        answers = "; ".join(f"{kind}: " + ", ".join(f"{k} ×{v}" for k, v in sorted(st.items())) for kind, st in r["statuses"].items())
+        L.append(f"| {name} | {what.get(name, name)} | {r['requests']} | {answers} | {r['shed_responses']} | "
+                 f"{fmt((r['shed_rate'] or 0) * 100)}% | {r['admission_shed']:.0f} | **{r['fail_open']:.0f}** | **{r['probes_passed']}** |")
+    return "\n".join(L)
+
+
+async def overload_all(bases: dict[str, str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    import aiohttp
+
+    out: dict[str, dict[str, Any]] = {}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
+        for name in ("on", "demo"):
+            if name not in bases:
+                continue
+            await phase_conc(s, bases[name], False, 16, 4)  # warm-up (models, paths); answers not judged
+            out[name] = await overload(s, bases[name], args)
+            r = out[name]
+            print(f"  {name}: {r['requests']} requests in {r['wall_s']:.1f} s, shed {r['shed_responses']} "
+                  f"({(r['shed_rate'] or 0) * 100:.0f}%), fail-open {r['fail_open']:.0f}, probes passed {r['probes_passed']}; "
+                  f"{r['statuses']}", flush=True)
+    return out
 
 
 # ---- the benchmark --------------------------------------------------------------------------------
@@ -585,6 +708,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--no-legacy", action="store_true", help="skip the toxicity-only (before #12) gateway")
     ap.add_argument("--on-backend", default=BACKENDS["on"], help="safety.backend of the `on` gateway (default categories)")
+    ap.add_argument("--skip-overload", action="store_true", help="skip the overload phase")
+    ap.add_argument("--overload-only", action="store_true", help="only the overload phase (gateways `on` and `demo`)")
+    ap.add_argument("--overload-clients", type=int, default=16)
+    ap.add_argument("--overload-requests", type=int, default=4, help="requests per overload client")
+    ap.add_argument("--overload-messages", type=int, default=100, help="messages per overload request")
+    ap.add_argument("--overload-probes", type=int, default=4, help="clients repeating the harmful probe during the overload")
+    ap.add_argument("--overload-capacity", type=int, default=None, help="limits.guardrail_capacity of the overloaded gateways (default 256)")
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_upstream:
@@ -611,31 +741,50 @@ def main(argv: list[str] | None = None) -> int:
         bases: dict[str, str] = {}
         pids: dict[str, int] = {}
         gws = {}
-        for name, guarded in (("off", False), ("on", True), *((("legacy", True),) if not args.no_legacy else ())):
+        names: list[tuple[str, bool]] = [("on", True)] if args.overload_only else [("off", False), ("on", True)]
+        if not args.no_legacy and not args.overload_only:
+            names.append(("legacy", True))
+        if not args.skip_overload:
+            names.append(("demo", True))
+        for name, guarded in names:
             port = free_port()
-            cfg = gateway_config(workdir, name, upstream, guarded, index)
+            cfg = gateway_config(workdir, name, upstream, guarded, index, args.overload_capacity if name in ("on", "demo") else None)
             gws[name] = procs.start(f"gatehouse-{name}", [py, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port),
                                                          "--log-level", "warning"], env)
             bases[name] = f"http://127.0.0.1:{port}"
             pids[name] = gws[name].popen.pid
         for name, p in gws.items():
             wait_http(p, bases[name] + "/healthz", 120)
-        print(f"gateways up; rounds {args.rounds}; c=1 x {args.latency_requests} (+{args.stream_requests} streaming) per gateway, "
-              f"c={args.concurrency} x {args.requests}", flush=True)
         t0 = time.time()
-        rounds = run_loop(bench(bases, pids, args))
-        bench_s = time.time() - t0
-        summary = summarize(rounds)
-        table = markdown(summary, args)
-        print()
-        print(table)
-        errs = {n: summary[n]["errors"] for n in ("off", "on", "legacy") if n in summary}
-        if any(errs.values()):
-            print(f"\nERRORS: {errs}; first: off={summary['off']['first_error']!r} on={summary['on']['first_error']!r}")
+        rounds: list[dict[str, Any]] = []
+        summary: dict[str, Any] = {}
+        table = ""
+        errs: dict[str, int] = {}
+        if not args.overload_only:
+            print(f"gateways up; rounds {args.rounds}; c=1 x {args.latency_requests} (+{args.stream_requests} streaming) per gateway, "
+                  f"c={args.concurrency} x {args.requests}", flush=True)
+            rounds = run_loop(bench({k: v for k, v in bases.items() if k != "demo"}, pids, args))
+            summary = summarize(rounds)
+            table = markdown(summary, args)
+            print()
+            print(table)
+            errs = {n: summary[n]["errors"] for n in ("off", "on", "legacy") if n in summary}
+            if any(errs.values()):
+                print(f"\nERRORS: {errs}; first: off={summary['off']['first_error']!r} on={summary['on']['first_error']!r}")
+        over: dict[str, dict[str, Any]] = {}
+        if not args.skip_overload:
+            print(f"overload phase: {args.overload_clients} clients x {args.overload_requests} x {args.overload_messages}-message chats "
+                  f"+ {args.overload_probes} harmful-probe clients, against {', '.join(n for n in ('on', 'demo') if n in bases)}", flush=True)
+            over = run_loop(overload_all(bases, args))
+            otable = overload_markdown(over, args)
+            table = f"{table}\n\n{otable}" if table else otable
+            print()
+            print(otable)
         warn = [ln for ln in gws["on"].tail(200).splitlines() if "WARNING" in ln or "ERROR" in ln]
         if warn:
             print(f"\n'on' gateway log has {len(warn)} warnings/errors, last: {warn[-1][:300]}")
-        print(f"\nbenchmark phases took {bench_s:.0f} s")
+        bench_s = time.time() - t0
+        print(f"\nbenchmark phases took {bench_s:.0f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
         if args.out:
             doc = {
                 "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -644,11 +793,16 @@ def main(argv: list[str] | None = None) -> int:
                             "loadavg_at_end": os.getloadavg()},
                 "params": {k: v for k, v in vars(args).items() if k != "serve_upstream"},
                 "targets": TARGETS, "policy": POLICY, "policy_legacy": POLICY_LEGACY, "summary": summary, "rounds": rounds,
-                "bench_seconds": bench_s, "total_seconds": time.time() - started, "markdown": table,
+                "overload": over, "bench_seconds": bench_s, "total_seconds": time.time() - started, "markdown": table,
             }
             Path(args.out).write_text(json.dumps(doc, indent=2, default=str))
             print(f"wrote {args.out}")
-        return 1 if any(errs.values()) else 0
+        # under overload the demo policy must never pass a text unchecked nor a harmful probe; the bench
+        # policy's `on_error: open` may, and the figures say how often: that is what `open` costs
+        disarmed = [n for n, r in over.items() if n == "demo" and (r["probes_passed"] or r["fail_open"])]
+        if disarmed:
+            print(f"\nDISARMED under overload: {disarmed}")
+        return 1 if any(errs.values()) or disarmed else 0
     finally:
         procs.stop_all()
         if args.keep_workdir:
