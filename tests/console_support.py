@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from gateway.config import parse_settings
+from gateway.config import load_settings, parse_settings
 from tests.support import gateway
 
 ADMIN_KEY = "sk-console-admin-test"
@@ -56,8 +57,8 @@ rules:
 """
 
 
-def console_settings(tmp: Path, *, extra_routes: list[dict[str, Any]] | None = None, policy: str = POLICY,
-                     cookie_secure: bool = True, **sections: Any) -> Any:
+def console_raw(tmp: Path, *, extra_routes: list[dict[str, Any]] | None = None, policy: str = POLICY,
+                cookie_secure: bool = True, **sections: Any) -> dict[str, Any]:
     (tmp / "policies").mkdir(exist_ok=True)
     (tmp / "policies" / "p.yaml").write_text(policy)
     raw = {
@@ -80,13 +81,24 @@ def console_settings(tmp: Path, *, extra_routes: list[dict[str, Any]] | None = N
         "console": {"enabled": True, "cookie_secure": cookie_secure, "db_path": str(tmp / "console.db"), "reports_dir": str(tmp / "reports")},
     }
     raw.update(sections)
-    return parse_settings(raw, "<console-test>", base_dir=str(tmp))
+    return raw
+
+
+def console_settings(tmp: Path, **kw: Any) -> Any:
+    return parse_settings(console_raw(tmp, **kw), "<console-test>", base_dir=str(tmp))
 
 
 @contextlib.contextmanager
-def console_gateway(tmp: Path, **kw: Any) -> Iterator[tuple[str, Any]]:
-    settings = console_settings(tmp, **kw)
-    with gateway(settings) as (url, app):
+def console_gateway(tmp: Path, *, config_file: bool = False, **kw: Any) -> Iterator[tuple[str, Any]]:
+    """The console gateway on embedded settings, or (``config_file=True``) loaded from
+    ``tmp/gateway.yaml`` so routes can be rewritten and reloaded (canary deploys)."""
+    if config_file:
+        path = tmp / "gateway.yaml"
+        path.write_text(yaml.safe_dump(console_raw(tmp, **kw), sort_keys=False))
+        settings, app_kw = load_settings(path), {"config_path": path}
+    else:
+        settings, app_kw = console_settings(tmp, **kw), {}
+    with gateway(settings, **app_kw) as (url, app):
         import asyncio
 
         from gateway.console.users import UserStore

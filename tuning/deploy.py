@@ -12,7 +12,9 @@ in their old proportions. The file is rewritten atomically (temp file in the
 same directory + rename) after the new config has passed ``check_config`` (the caller's
 validator: ``gatehouse registry deploy`` passes ``gateway.config.check_raw_config``; tuning
 never imports the gateway), and the old file is kept as ``<file>.bak``.
-YAML comments are not preserved by the rewrite (the ``.bak`` keeps them).
+YAML comments are not preserved by the rewrite (the ``.bak`` keeps them). The rewrite
+itself (names, rescaling, validated atomic write) is ``gatehouse_core.canary``, which the
+console's "Deploy as canary" form uses too.
 
 The gateway reloads routes when the file changes (or on SIGHUP); with an admin
 URL and key the change is also pushed with ``POST /admin/reload`` and then
@@ -24,26 +26,27 @@ needs the admin URL), so a promote that did not change live traffic is an error.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gatehouse_core.canary import (
+    CanaryError,
+    ConfigCheck,
+    canary_names,
+    canary_target,
+    find_route,
+    load_config,
+    set_canary,
+    write_atomic,
+)
 from tuning.registry import Registry, RegistryError
 
+# the config rewrite is the bottom layer's (gatehouse_core.canary, shared with the console);
+# its refusals are this module's errors
+DeployError = CanaryError
 
-class DeployError(Exception):
-    """The deployment was refused or could not be written."""
-
-
-# validates a rewritten config mapping (from the file at the given path) before it is
-# written; raises with a message that says what is wrong
-ConfigCheck = Callable[[dict[str, Any], Path], None]
+__all__ = ["ConfigCheck", "DeployError", "DeployResult", "canary_names", "deploy", "promote", "win_rate_lower_bound"]
 
 
 @dataclass(slots=True)
@@ -57,63 +60,6 @@ class DeployResult:
     reloaded: int | None  # HTTP status of /admin/reload, if called
     weights: dict[str, float]
     live: dict[str, float] | None = None  # weights read back from GET /admin/routes (verified equal)
-
-
-def canary_names(model_id: str, model_name: str, content_hash: str) -> tuple[str, str]:
-    """(target name, variant label) for a model's canary target."""
-    return f"canary-{model_name}-{content_hash[:12]}", f"canary-{model_id}"
-
-
-def _rescale(targets: list[dict[str, Any]], keep: str, weight: float) -> None:
-    """Give target ``keep`` ``weight`` percent; the others share ``100 - weight`` proportionally."""
-    if not 0 <= weight <= 100:
-        raise DeployError(f"weight is a percentage of the route's traffic; got {weight}, use 0..100")
-    others = [t for t in targets if t.get("name") != keep]
-    total = sum(float(t.get("weight", 1.0)) for t in others)
-    for t in others:
-        share = float(t.get("weight", 1.0)) / total if total > 0 else 1.0 / max(len(others), 1)
-        t["weight"] = round(share * (100.0 - weight), 6)
-    for t in targets:
-        if t.get("name") == keep:
-            t["weight"] = float(weight)
-
-
-def _load_yaml(config_path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DeployError(f"cannot read {config_path}: {exc.strerror}") from None
-    if not isinstance(raw, dict):
-        raise DeployError(f"{config_path}: the config must be a YAML mapping")
-    return raw
-
-
-def _find_route(raw: dict[str, Any], route: str, config_path: Path) -> dict[str, Any]:
-    for r in raw.get("routes") or []:
-        if isinstance(r, dict) and r.get("name") == route:
-            return r
-    names = [r.get("name") for r in raw.get("routes") or [] if isinstance(r, dict)]
-    raise DeployError(f"{config_path}: no route {route!r}; routes are: {', '.join(map(str, names)) or '(none)'}")
-
-
-def _write_atomic(config_path: Path, raw: dict[str, Any], check_config: ConfigCheck) -> None:
-    try:  # validate exactly what will be written before touching the file
-        check_config(raw, config_path)
-    except Exception as exc:
-        raise DeployError(f"the rewritten config would not load:\n{exc}") from None
-    text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
-    shutil.copy2(config_path, config_path.with_name(config_path.name + ".bak"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{config_path.name}.", dir=config_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, config_path.stat().st_mode & 0o777)
-        os.replace(tmp, config_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def admin_reload(admin_url: str, admin_key: str, timeout: float = 120.0) -> int:
@@ -184,35 +130,16 @@ def deploy(
     if not model.path or not (Path(model.path) / "config.json").exists():
         raise DeployError(f"{model.id} has no model directory with config.json (path={model.path})")
     cfg = Path(config_path)
-    raw = _load_yaml(cfg)
-    r = _find_route(raw, route, cfg)
-    targets: list[dict[str, Any]] = list(r.get("targets") or [])
+    raw = load_config(cfg)
     name, variant = canary_names(model.id, model.name, model.content_hash)
-    existing = next((t for t in targets if t.get("name") == name), None)
-    if existing is None:
-        targets.append(
-            {
-                "name": name,
-                "provider": "local",
-                "model": model.name,
-                "path": model.path,
-                "kind": "chat",
-                "weight": float(weight),
-                "variant": variant,
-            }
-        )
-    for t in targets:  # make every arm addressable by name for later rescaling
-        t.setdefault("name", f"{t.get('provider')}:{t.get('model')}")
-    _rescale(targets, name, weight)
-    r["targets"] = targets
-    _write_atomic(cfg, raw, check_config)
+    weights = set_canary(raw, route, name, weight, cfg, canary_target(model.id, model.name, model.content_hash, model.path, weight))
+    write_atomic(cfg, raw, check_config)
     dep = registry.register(
         "deployment",
         name=f"{route}-{name}",
         metadata={"route": route, "target": name, "variant": variant, "weight": weight, "config": str(cfg.resolve()), "action": "deploy"},
         parents=[model.id],
     )
-    weights = {t["name"]: t["weight"] for t in targets}
     status, live = _push_and_verify(admin_url, admin_key, route, weights)
     return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, weights, live)
 
@@ -300,17 +227,12 @@ def promote(
         raise DeployError("promote verifies the live weights through the admin API: pass --admin-url "
                           "(or $GATEHOUSE_ADMIN_URL) and --admin-key, or --no-verify to only rewrite the file")
     cfg = Path(config_path)
-    raw = _load_yaml(cfg)
-    r = _find_route(raw, route, cfg)
+    raw = load_config(cfg)
     name, variant = canary_names(model.id, model.name, model.content_hash)
-    targets: list[dict[str, Any]] = list(r.get("targets") or [])
-    if not any(t.get("name") == name for t in targets):
+    if not any(t.get("name") == name for t in find_route(raw, route, cfg).get("targets") or []):
         raise DeployError(f"{model.id} is not deployed on route {route!r}; run `gatehouse registry deploy` first")
-    for t in targets:
-        t.setdefault("name", f"{t.get('provider')}:{t.get('model')}")
-    _rescale(targets, name, weight)
-    r["targets"] = targets
-    _write_atomic(cfg, raw, check_config)
+    weights = set_canary(raw, route, name, weight, cfg)
+    write_atomic(cfg, raw, check_config)
     parents = [model.id] + ([report_art.id] if report_art else [])
     dep = registry.register(
         "deployment",
@@ -321,6 +243,5 @@ def promote(
         },
         parents=parents,
     )
-    weights = {t["name"]: t["weight"] for t in targets}
     status, live = _push_and_verify(admin_url, admin_key, route, weights)
     return DeployResult(str(cfg), route, name, variant, float(weight), dep.id, status, weights, live)

@@ -3,7 +3,8 @@
 Server-rendered (Starlette + Jinja2 with autoescaping), plain HTML forms, one small
 script for streamed answers; every asset ships in this package (no CDN, no build).
 Enabled by ``console.enabled`` (on in the demo config). Pages: Model Garden,
-Playground, Side by side, Prompts, Policies, Traffic, Evaluations and registry, Audit.
+Playground, Side by side, Prompts, Policies, Traffic, Evaluations and registry (with
+"Deploy as canary" on a model's page), Audit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway.console import pages_manage, pages_read, pages_run
+from gateway.console import pages_canary, pages_manage, pages_read, pages_run
 from gateway.console.store import LoginThrottle, Session
 from gateway.console.web import (
     COOKIE,
@@ -110,7 +111,7 @@ def console_routes(gatehouse: Any) -> list[BaseRoute]:
         Route(PATH + "/logout", action(c, logout, name="sign-out"), methods=["POST"]),
         Mount(PATH + "/static", app=StaticFiles(directory=HERE / "static"), name="console-static"),
     ]
-    for mod in (pages_read, pages_run, pages_manage):
+    for mod in (pages_read, pages_run, pages_manage, pages_canary):
         for path, methods, handler in mod.routes(c):
             routes.append(Route(PATH + path, handler, methods=methods))
 

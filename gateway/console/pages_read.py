@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway.config import Capability
-from gateway.console import data
+from gateway.console import data, pages_canary
 from gateway.console.store import Session
 from gateway.console.web import PATH, SECURITY_HEADERS, Console, ConsoleError, Form, action, page
 
@@ -155,7 +155,9 @@ async def artifact(c: Console, request: Request, s: Session) -> Response:
     graph = data.layout(edges, art_id, {k: v.kind for k, v in by_id.items()})
     parents = [p for p, ch in edges if ch == art_id]
     children = [ch for p, ch in edges if p == art_id]
+    canary = await pages_canary.canary_panel(c, art) if art.kind == "model" else None
     return c.render(request, "artifact.html", active="evals", a=art, graph=graph, parents=parents, children=children,
+                    canary=canary, canary_done=request.query_params.get("canary", ""),
                     is_report=art.kind == "eval_report" and art.path is not None and _report_path(art.path) is not None)
 
 

@@ -8,6 +8,7 @@ state-changing action is written to the audit log, refused ones too.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -87,6 +88,7 @@ class Console:
                                trim_blocks=True, lstrip_blocks=True)
         self.env.filters["ts"] = _fmt_ts
         self.env.filters["ms"] = _fmt_ms
+        self.config_lock = asyncio.Lock()  # one config-file rewrite and reload at a time (canary deploys)
         self.rt.on_shutdown.append(self.close)
 
     @property
