@@ -5,9 +5,10 @@ regex + PII policy, bodies logged), fills it through the console itself in headl
 Chromium (a prompt with two versions and a label, playground and side-by-side runs, a
 blocked request, a preference) plus a small registry with lineage and a report, then
 saves one full-page PNG per page, 1280 px wide (at least 800 high), and the playground
-420 px wide.
+420 px wide. The canary page needs a gateway loaded from a config file and a real (tiny,
+built here) model, so it runs on a second gateway.
 
-    python -m tests.console_screenshots docs/console
+    python -m tests.console_screenshots docs/console [--only canary registry-lineage]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PROMPT = ("id: support-triage\nnote: {note}\nmessages:\n  - role: system\n    te
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", nargs="?", default="docs/console", help="directory for the PNG files")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="save only these pages (file names without .png)")
     args = p.parse_args(argv)
     if CHROMIUM is None or CHROMEDRIVER is None:
         print("console_screenshots: Chromium is not installed (apt-get install chromium chromium-driver)", file=sys.stderr)
@@ -39,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             seed_registry(tmp)
             b = start_browser(tmp / "profile")
             try:
-                shots(b, url, out, tmp)
+                shots(b, url, out, tmp, set(args.only or ()))
             finally:
                 b.quit()
+    if not args.only or "canary" in args.only:
+        with tempfile.TemporaryDirectory() as d:
+            canary_shot(Path(d), out)
     for f in sorted(out.glob("*.png")):
         print(f)
     return 0
@@ -68,7 +73,47 @@ def seed_registry(tmp: Path) -> None:
         reg.register("deployment", None, name="canary-tiny", metadata={"weight": 10}, parents=[model.id])
 
 
-def shots(b: Any, url: str, out: Path, tmp: Path) -> None:
+def save_page(b: Any, out: Path, name: str, width: int = 1280) -> None:
+    """The whole page at ``width`` CSS pixels (at least 800 high, at most 2400)."""
+    metrics = {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False}
+    b.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    height = int(b.execute_script("return document.documentElement.scrollHeight"))
+    b.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": max(800, min(height, 2400))})
+    b.execute_script("window.scrollTo(0, 0)")
+    b.save_screenshot(str(out / f"{name}.png"))
+    b.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def canary_shot(tmp: Path, out: Path) -> None:
+    """A registered tiny model deployed as a 10 % canary on ``demo`` from its page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from tuning.registry import Registry
+    from tuning.testing import build_tiny_lm
+
+    with Registry(tmp / "registry") as reg:
+        model = reg.register("model", build_tiny_lm(tmp / "tiny"), name="assistant-sft")
+    with console_gateway(tmp, config_file=True) as (url, _app):
+        b = start_browser(tmp / "profile")
+        try:
+            b.get(url + "/console/login")
+            b.find_element(By.ID, "password").send_keys("sk-console-admin-test")
+            b.find_element(By.ID, "sign-in").click()
+            WebDriverWait(b, 30).until(EC.url_contains("/console/garden"))
+            b.get(f"{url}/console/registry/{model.id}")
+            Select(b.find_element(By.ID, "canary-route")).select_by_value("demo")
+            b.find_element(By.ID, "canary-weight").clear()
+            b.find_element(By.ID, "canary-weight").send_keys("10")
+            b.find_element(By.ID, "deploy-canary").click()
+            WebDriverWait(b, 60).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#canary p.note")))
+            save_page(b, out, "canary")
+        finally:
+            b.quit()
+
+
+def shots(b: Any, url: str, out: Path, tmp: Path, only: frozenset[str] | set[str] = frozenset()) -> None:
     import httpx
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -78,14 +123,8 @@ def shots(b: Any, url: str, out: Path, tmp: Path) -> None:
         return WebDriverWait(b, 30).until(cond)
 
     def save(name: str, width: int = 1280) -> None:
-        """The whole page at ``width`` CSS pixels (at least 800 high, at most 2400)."""
-        metrics = {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False}
-        b.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
-        height = int(b.execute_script("return document.documentElement.scrollHeight"))
-        b.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": max(800, min(height, 2400))})
-        b.execute_script("window.scrollTo(0, 0)")
-        b.save_screenshot(str(out / f"{name}.png"))
-        b.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        if not only or name in only:
+            save_page(b, out, name, width)
 
     def run(sides: tuple[str, ...] = ("a",)) -> None:
         b.find_element(By.ID, "run").click()

@@ -41,10 +41,10 @@ def tiny_model(tmp_path_factory: Any) -> Path:
     return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def register(tmp: Path, model_dir: Path) -> Any:
+def register(tmp: Path, model_dir: Path, name: str = "assistant-sft") -> Any:
     reg = Registry(tmp / "registry")
     try:
-        return reg.register("model", model_dir, name="assistant-sft")
+        return reg.register("model", model_dir, name=name)
     finally:
         reg.close()
 
@@ -54,8 +54,11 @@ def env(tiny_model: Path) -> Iterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = register(tmp, tiny_model)
+        (tmp / "broken").mkdir()
+        (tmp / "broken" / "config.json").write_text("{}")  # passes the form's check, fails to load
+        broken = register(tmp, tmp / "broken", "broken")
         with console_gateway(tmp, config_file=True, cookie_secure=False) as (url, app):
-            yield {"url": url, "app": app, "tmp": tmp, "model": model, "config": tmp / "gateway.yaml"}
+            yield {"url": url, "app": app, "tmp": tmp, "model": model, "broken": broken, "config": tmp / "gateway.yaml"}
 
 
 def live(url: str, route: str = "demo") -> dict[str, float]:
@@ -137,6 +140,18 @@ def test_bad_weight_and_unknown_route_are_refused_and_change_nothing(env: dict[s
     assert r.status_code == 404
     assert env["config"].read_bytes() == before
     assert live(env["url"]) == {"echo-a": 50.0, "echo-b": 50.0}
+
+
+def test_a_model_the_gateway_cannot_load_leaves_file_and_traffic_as_they_were(env: dict[str, Any]) -> None:
+    c = client(env["url"])
+    csrf = sign_in(c, "editor", PASSWORD)
+    before = env["config"].read_bytes()
+    r = post(c, "/canary/deploy", csrf=csrf, artifact=env["broken"].id, route="demo", weight="10")
+    assert r.status_code == 409 and "config file was restored" in r.text
+    assert env["config"].read_bytes() == before
+    assert live(env["url"]) == {"echo-a": 50.0, "echo-b": 50.0}
+    failed = [e for e in _audit(env) if e.action == "canary-deploy" and e.after.get("model") == env["broken"].id]
+    assert failed and not failed[0].ok and failed[0].after["reload_error"] and failed[0].after["weights"] == {"echo-a": 50.0, "echo-b": 50.0}
 
 
 def test_viewer_sees_no_form_and_a_forged_post_is_403(env: dict[str, Any]) -> None:
