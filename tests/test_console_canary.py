@@ -92,6 +92,7 @@ def test_editor_deploys_sets_weight_promotes_and_rolls_back(env: dict[str, Any])
     assert canary == {"name": name, "provider": "local", "model": "assistant-sft", "path": model.path, "kind": "chat",
                       "weight": 20.0, "variant": variant}
     assert (env["tmp"] / "gateway.yaml.bak").exists()
+    assert f'href="/console/registry/{model.id}#canary"' in c.get("/console/garden").text  # the Garden links the canary
 
     assert post(c, "/canary/weight", csrf=csrf, artifact=model.id, route="demo", weight="50").status_code == 303
     assert live(url) == {"echo-a": 25.0, "echo-b": 25.0, name: 50.0}

@@ -29,7 +29,6 @@ from gatehouse_core.canary import (
     CanaryError,
     canary_names,
     canary_target,
-    check_weight,
     load_config,
     remove_target,
     restore_backup,
@@ -175,7 +174,6 @@ async def set_weight(c: Console, request: Request, s: Session, form: Form) -> Re
     art, route = await asyncio.to_thread(_form_model, c, form)
     promote = form.get("promote") == "1"
     weight = 100.0 if promote else _weight(form)
-    check_weight(weight)
     name, _ = canary_names(art.id, art.name, art.content_hash)
     return await _change(c, s, "canary-promote" if promote else "canary-weight", art, route,
                          lambda raw, p: set_canary(raw, route, name, weight, p))
