@@ -7,10 +7,14 @@ turns it into the OpenAI error body ``{"error": {"message", "type", "param",
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response
 
 
 class ErrorKind(str, Enum):
@@ -109,6 +113,28 @@ class GatewayError(Exception):
 
     def json_bytes_for(self, door: str | None) -> bytes:
         return orjson.dumps(self.anthropic_body()) if door == "messages" else self.json_bytes()
+
+    def response(self) -> Response:
+        """The error as a Starlette response, for routes that answer it themselves."""
+        return Response(self.json_bytes(), status_code=self.status, media_type="application/json", headers=self.headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def renders_errors(handler: Handler) -> Handler:
+    """A route handler whose ``GatewayError`` becomes the table's response wherever the
+    route is mounted: the app's router renders it too, but a route list may also be
+    served on its own (tests mount one in a bare Starlette app)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except GatewayError as err:
+            return err.response()
+
+    return wrapped
 
 
 # HTTP status -> Anthropic error type (https://docs.anthropic.com/en/api/errors)

@@ -31,7 +31,7 @@ def feedback_route(store: FeedbackStore, lookup_record: LookupRecord, on_result:
     def refuse(err: GatewayError) -> Response:
         if on_result is not None:
             on_result(err.status)
-        return Response(err.json_bytes(), status_code=err.status, media_type="application/json", headers=err.headers)
+        return err.response()
 
     async def post_feedback(request: Request) -> Response:
         try:

@@ -42,7 +42,7 @@ import orjson
 
 from gatehouse_core import sqlitedb
 from gateway.config import AuthSettings, Settings
-from gateway.errors import ErrorKind, GatewayError
+from gateway.errors import ErrorKind, GatewayError, renders_errors
 from gateway.ratelimit import LIMIT_NAMES, limit_scopes
 from gateway.types import Caller
 
@@ -488,9 +488,6 @@ def admin_routes(store: KeyStore) -> list[Any]:
     def respond(body: Any, status: int = 200) -> Response:
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
-    def fail(err: GatewayError) -> Response:
-        return Response(err.json_bytes(), status_code=err.status, media_type="application/json", headers=err.headers)
-
     async def list_keys(request: Request) -> Response:
         recs = await store.list(request.query_params.get("tenant"))
         return respond({"object": "list", "data": [r.public() for r in recs]})
@@ -498,46 +495,40 @@ def admin_routes(store: KeyStore) -> list[Any]:
     async def create_key(request: Request) -> Response:
         try:
             body = orjson.loads(await request.body())
-            if not isinstance(body, dict):
-                raise GatewayError(ErrorKind.INVALID_REQUEST, "body must be a JSON object")
-            unknown = set(body) - {"tenant", "models", "policy", "scopes", "limits", "key_id"}
-            if unknown:
-                raise GatewayError(ErrorKind.INVALID_REQUEST, f"unknown field(s): {', '.join(sorted(unknown))}")
-            tenant = body.get("tenant")
-            if not isinstance(tenant, str):
-                raise GatewayError(ErrorKind.INVALID_REQUEST, "tenant (string) is required", param="tenant")
-            for name in ("models", "scopes"):
-                v = body.get(name, [])
-                if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                    raise GatewayError(ErrorKind.INVALID_REQUEST, f"{name} must be a list of strings", param=name)
-            if not isinstance(body.get("limits", {}), dict):
-                raise GatewayError(ErrorKind.INVALID_REQUEST, "limits must be an object", param="limits")
-            nk = await store.create(
-                tenant,
-                models=body.get("models") or ["*"],
-                policy=body.get("policy"),
-                scopes=body.get("scopes") or [],
-                limits=body.get("limits") or {},
-                key_id=body.get("key_id"),
-            )
         except orjson.JSONDecodeError:
-            return fail(GatewayError(ErrorKind.INVALID_REQUEST, "body is not valid JSON"))
-        except GatewayError as err:
-            return fail(err)
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "body must be a JSON object")
+        unknown = set(body) - {"tenant", "models", "policy", "scopes", "limits", "key_id"}
+        if unknown:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"unknown field(s): {', '.join(sorted(unknown))}")
+        tenant = body.get("tenant")
+        if not isinstance(tenant, str):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "tenant (string) is required", param="tenant")
+        for name in ("models", "scopes"):
+            v = body.get(name, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"{name} must be a list of strings", param=name)
+        if not isinstance(body.get("limits", {}), dict):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "limits must be an object", param="limits")
+        nk = await store.create(
+            tenant,
+            models=body.get("models") or ["*"],
+            policy=body.get("policy"),
+            scopes=body.get("scopes") or [],
+            limits=body.get("limits") or {},
+            key_id=body.get("key_id"),
+        )
         return respond({**nk.record.public(), "key": nk.key}, 201)
 
     async def revoke_key(request: Request) -> Response:
         key_id = request.path_params["key_id"]
-        try:
-            ok = await store.revoke(key_id)
-        except GatewayError as err:
-            return fail(err)
-        if not ok:
-            return fail(GatewayError(ErrorKind.NOT_FOUND, f"no key {key_id!r}", code="key_not_found"))
+        if not await store.revoke(key_id):
+            raise GatewayError(ErrorKind.NOT_FOUND, f"no key {key_id!r}", code="key_not_found")
         return respond({"key_id": key_id, "revoked": True})
 
     return [
-        Route("/admin/keys", list_keys, methods=["GET"]),
-        Route("/admin/keys", create_key, methods=["POST"]),
-        Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/admin/keys", renders_errors(list_keys), methods=["GET"]),
+        Route("/admin/keys", renders_errors(create_key), methods=["POST"]),
+        Route("/admin/keys/{key_id}", renders_errors(revoke_key), methods=["DELETE"]),
     ]

@@ -19,15 +19,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.config import LimitSettings
+from gateway.errors import ErrorKind, GatewayError, renders_errors
 from gateway.limits import check_depth
 from gateway.prompts.model import PromptFormatError, PromptRef, parse_spec
 from gateway.prompts.registry import PromptNotFound, PromptRegistry
 from gateway.prompts.store import PromptStoreError
 
 
-def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "api_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
+def _bad(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
+
+
+def _not_found(message: str, param: str) -> GatewayError:
+    return GatewayError(ErrorKind.NOT_FOUND, message, param=param, code="prompt_not_found")
 
 
 async def _json(request: Request) -> Any:
@@ -51,15 +55,15 @@ def admin_routes(registry: PromptRegistry) -> list[Route]:
         try:
             if version is not None:
                 if not version.isdigit():
-                    return _error(400, "version must be a positive integer", "version")
+                    raise _bad("version must be a positive integer", "version")
                 return JSONResponse((await registry.get_version(pid, int(version))).to_dict())
             if label is not None:
                 return JSONResponse((await registry.resolve(PromptRef(pid, label=label))).to_dict())
         except PromptNotFound as exc:
-            return _error(404, str(exc), "prompt_id")
+            raise _not_found(str(exc), "prompt_id") from None
         versions = await registry.versions(pid)
         if not versions:
-            return _error(404, f"prompt {pid!r} does not exist", "prompt_id")
+            raise _not_found(f"prompt {pid!r} does not exist", "prompt_id")
         return JSONResponse(
             {"id": pid, "labels": await registry.labels(pid), "versions": [v.to_dict() for v in versions]}
         )
@@ -68,7 +72,7 @@ def admin_routes(registry: PromptRegistry) -> list[Route]:
         try:
             spec = parse_spec(await _json(request), "body")
         except PromptFormatError as exc:
-            return _error(400, str(exc))
+            raise _bad(str(exc)) from None
         pv, created = await registry.push(spec)
         return JSONResponse({**pv.to_dict(), "created": created}, 201 if created else 200)
 
@@ -77,9 +81,9 @@ def admin_routes(registry: PromptRegistry) -> list[Route]:
         try:
             body = await _json(request)
         except PromptFormatError as exc:
-            return _error(400, str(exc))
+            raise _bad(str(exc)) from None
         if not isinstance(body, dict) or not isinstance(body.get("label"), str):
-            return _error(400, 'body must be {"label": ..., "version": N} or {"label": ..., "rollback": true}', "label")
+            raise _bad('body must be {"label": ..., "version": N} or {"label": ..., "rollback": true}', "label")
         label = body["label"]
         try:
             if body.get("rollback"):
@@ -87,19 +91,19 @@ def admin_routes(registry: PromptRegistry) -> list[Route]:
                 return JSONResponse({"id": pid, "label": label, "version": new, "previous": old})
             version = body.get("version")
             if isinstance(version, bool) or not isinstance(version, int):
-                return _error(400, "`version` must be an integer", "version")
+                raise _bad("`version` must be an integer", "version")
             prev = await registry.set_label(pid, label, version)
         except PromptNotFound as exc:
-            return _error(404, str(exc), "version")
+            raise _not_found(str(exc), "version") from None
         except (PromptStoreError, ValueError) as exc:
-            return _error(400, str(exc), "label")
+            raise _bad(str(exc), "label") from None
         return JSONResponse({"id": pid, "label": label, "version": version, "previous": prev})
 
     return [
-        Route("/admin/prompts", list_prompts, methods=["GET"]),
-        Route("/admin/prompts", push_prompt, methods=["POST"]),
-        Route("/admin/prompts/{prompt_id}", get_prompt, methods=["GET"]),
-        Route("/admin/prompts/{prompt_id}/labels", move_label, methods=["POST"]),
+        Route("/admin/prompts", renders_errors(list_prompts), methods=["GET"]),
+        Route("/admin/prompts", renders_errors(push_prompt), methods=["POST"]),
+        Route("/admin/prompts/{prompt_id}", renders_errors(get_prompt), methods=["GET"]),
+        Route("/admin/prompts/{prompt_id}/labels", renders_errors(move_label), methods=["POST"]),
     ]
 
 
