@@ -119,7 +119,9 @@ def test_cli_bias_on_a_scorer_and_on_a_model_through_the_gateway(tmp_path: Path,
     from gateway.cli.eval import main
     from tests.support import API_KEY, gateway, make_settings
 
-    rc = main(["bias", "--scorer", "tests.test_eval_bias:keyword_scorer", "--report-dir", str(tmp_path), "--n-boot", "20"])
+    rc = main(["bias", "--templates", str(FIX / "en_sentence_templates_with_identity_sample.csv"),
+               "--hatecheck", str(FIX / "hatecheck_test_suite_cases_sample.csv"),
+               "--scorer", "tests.test_eval_bias:keyword_scorer", "--report-dir", str(tmp_path), "--n-boot", "20"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "subgroup AUC" in out and "final bias score" in out and "HateCheck (tests.test_eval_bias:keyword_scorer) accuracy" in out

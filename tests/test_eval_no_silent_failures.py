@@ -10,6 +10,7 @@ import yaml
 from gateway.cli.eval import main
 from tests.support import API_KEY, gateway, make_settings
 
+BIAS_FIX = Path(__file__).parent / "fixtures" / "bias"
 MIXED = [
     {"id": "q1", "prompt": "Who wrote Pride and Prejudice?", "reference": "Jane Austen", "task": "qa"},
     {"id": "q2", "prompt": "Capital of France?", "reference": "Paris", "task": "qa"},
@@ -78,9 +79,32 @@ def test_nothing_to_score_is_an_error_not_nan(tmp_path, capsys):
     assert "no qa item has an output to score" in err and "2 answered with an error" in err
     assert main(["metrics", "--dataset", str(ds), "--results", str(tmp_path / "none.jsonl"), "--report-dir", str(tmp_path / "rep")]) == 2
     assert "no results" in capsys.readouterr().err
-    # --held-out on the bundled sample has no held-out rows: an error, not "final bias score nan"
-    assert main(["bias", "--held-out", "--scorer", "tests.test_eval_bias:keyword_scorer", "--report-dir", str(tmp_path / "rep")]) == 2
-    assert "--held-out needs --templates" in capsys.readouterr().err
+    # --held-out on the 320-row sample leaves 8 rows and no identity group: an error, not "final bias score nan"
+    assert main(["bias", "--held-out", "--templates", str(BIAS_FIX / "en_sentence_templates_with_identity_sample.csv"),
+                 "--hatecheck", "", "--scorer", "tests.test_eval_bias:keyword_scorer", "--report-dir", str(tmp_path / "rep")]) == 2
+    assert "no bias score: none of the 8 template rows scored names an identity" in capsys.readouterr().err
+
+
+def test_bias_reads_no_data_from_the_checkout_by_default(tmp_path, capsys, monkeypatch):
+    """No --data, no $GATEHOUSE_DATA_DIR, no explicit files: one clear error, never a file from tests/."""
+    monkeypatch.delenv("GATEHOUSE_DATA_DIR", raising=False)
+    scorer = ["--scorer", "tests.test_eval_bias:keyword_scorer", "--report-dir", str(tmp_path / "rep"), "--n-boot", "20"]
+    assert main(["bias", *scorer]) == 2
+    err = capsys.readouterr().err
+    assert "pass --data DIR (or set GATEHOUSE_DATA_DIR)" in err and "--templates CSV and --hatecheck CSV" in err
+    # a data directory without the files: the missing path is named
+    assert main(["bias", "--data", str(tmp_path / "empty"), *scorer]) == 2
+    assert f"no file at {tmp_path / 'empty' / 'conversationai_bias_eval'}" in capsys.readouterr().err
+    # a data directory laid out as the README's table says is read from there
+    data = tmp_path / "data"
+    (data / "conversationai_bias_eval").mkdir(parents=True)
+    (data / "hatecheck").mkdir()
+    (data / "conversationai_bias_eval" / "en_sentence_templates_with_identity.csv").write_bytes(
+        (BIAS_FIX / "en_sentence_templates_with_identity_sample.csv").read_bytes())
+    (data / "hatecheck" / "test_suite_cases.csv").write_bytes((BIAS_FIX / "hatecheck_test_suite_cases_sample.csv").read_bytes())
+    monkeypatch.setenv("GATEHOUSE_DATA_DIR", str(data))
+    assert main(["bias", *scorer]) == 0
+    assert "final bias score" in capsys.readouterr().out
 
 
 JUDGE_ROUTES = [

@@ -38,18 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from gatehouse_core.datadir import DataDirMissing, data_dir
+
 HH_FILE = Path("hh_rlhf_harmless_test") / "harmless-base_test.jsonl"  # inside the data directory
-FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hh_rlhf_tuning" / "pairs.jsonl"
 
 
 def resolve_data(data: str | Path | None) -> Path:
     """The HH-RLHF JSONL from ``--data`` (a file, or the data directory) or ``$GATEHOUSE_DATA_DIR``."""
-    import os
-
-    src = data or os.environ.get("GATEHOUSE_DATA_DIR")
-    if not src:
-        raise FileNotFoundError("no training data: pass --data DIR (the data directory or the HH-RLHF JSONL) or set GATEHOUSE_DATA_DIR")
-    p = Path(src)
+    try:
+        p = data_dir(data)
+    except DataDirMissing:
+        raise FileNotFoundError("no training data: pass --data DIR (the data directory or the HH-RLHF JSONL) or set GATEHOUSE_DATA_DIR") from None
     if p.is_dir():
         p = p / HH_FILE
     if not p.is_file():

@@ -3,7 +3,7 @@
     gatehouse eval run --dataset qa.jsonl --model gpt-small --out runs/small.jsonl
     gatehouse eval metrics --dataset qa.jsonl --results runs/small.jsonl --report-dir reports/
     gatehouse eval sxs --dataset qa.jsonl --a runs/small.jsonl --b runs/large.jsonl --judge-model judge
-    gatehouse eval bias                      # default safety scorer on the identity templates
+    gatehouse eval bias --data DIR           # default safety scorer on the identity templates
     gatehouse eval export --traffic logs/traffic.jsonl --model m --out ds.jsonl
     gatehouse eval monitor --redis-url redis://127.0.0.1:6379/0 --stream gatehouse:traffic --port 9464
 
@@ -26,9 +26,9 @@ from typing import Any
 
 from gateway.cli import HelpFormatter
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TEMPLATES = REPO_ROOT / "tests" / "fixtures" / "bias" / "en_sentence_templates_with_identity_sample.csv"
-DEFAULT_HATECHECK = REPO_ROOT / "tests" / "fixtures" / "bias" / "hatecheck_test_suite_cases_sample.csv"
+# inside the data directory (--data DIR or $GATEHOUSE_DATA_DIR; see the README's data table)
+TEMPLATES_FILE = Path("conversationai_bias_eval") / "en_sentence_templates_with_identity.csv"
+HATECHECK_FILE = Path("hatecheck") / "test_suite_cases.csv"
 
 
 def _command(argv: Sequence[str]) -> str:
@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_gateway_args(p)
 
     p = sub.add_parser("bias", help="identity bias of a safety scorer (or of a model's outputs)", formatter_class=HelpFormatter)
-    p.add_argument("--templates", default=str(DEFAULT_TEMPLATES), help="identity templates CSV (phrase,toxicity,identity_term)")
-    p.add_argument("--hatecheck", default=str(DEFAULT_HATECHECK), help="HateCheck cases CSV ('' to skip)")
+    p.add_argument("--data", metavar="DIR", help=f"data directory holding {TEMPLATES_FILE} and {HATECHECK_FILE} "
+                   "(default: $GATEHOUSE_DATA_DIR; no other default)")
+    p.add_argument("--templates", help="identity templates CSV (phrase,toxicity,identity_term); default: the one in --data")
+    p.add_argument("--hatecheck", help="HateCheck cases CSV ('' to skip); default: the one in --data")
     p.add_argument("--scorer", default="default", help="'default' (gateway safety scorer) or module:callable taking texts → scores")
     p.add_argument("--label", default="toxicity", help="safety label scored on the identity templates")
     p.add_argument("--hatecheck-label", default="identity_attack",
@@ -538,9 +540,7 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"report: {h}")
         return 0
 
-    if args.held_out and args.templates == str(DEFAULT_TEMPLATES):
-        raise CliError("--held-out needs --templates (the full identity templates CSV): the bundled 320-row sample has "
-                       "no held-out rows, which would give no number")
+    args.templates, args.hatecheck = _bias_files(args)
     ex = load_identity_templates(args.templates)
     hex_ = load_hatecheck(args.hatecheck) if args.hatecheck else []
     if args.held_out:
@@ -562,6 +562,9 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if not all(isinstance(v, float) and math.isfinite(v) for v in (rep["final_bias_score"], rep["overall_auc"])):
         thin = [g["identity"] for g in rep["groups"] if not (isinstance(g["subgroup_auc"], float) and math.isfinite(g["subgroup_auc"]))]
+        if not rep["groups"]:
+            raise CliError(f"no bias score: none of the {len(ex)} template rows scored names an identity; "
+                           "use a larger --templates file or drop --limit")
         raise CliError(f"no bias score: {len(thin)} identity group(s) lack toxic or non-toxic rows for an AUC ({', '.join(thin[:6])}…); "
                        "use a larger --templates file or drop --limit")
     hc = None
@@ -592,6 +595,27 @@ def cmd_bias(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"HateCheck ({hc['scorer']}) accuracy {hc['accuracy']:.3f} on {hc['n']} cases; weakest: " + ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in worst))
     print(f"report: {h}")
     return 0
+
+
+def _bias_files(args: argparse.Namespace) -> tuple[str, str]:
+    """The identity templates and HateCheck CSVs: given explicitly, else those in the data
+    directory; never a file that happens to sit in the checkout."""
+    from gatehouse_core.datadir import DataDirMissing, data_dir
+
+    templates, hatecheck = args.templates, args.hatecheck
+    if templates is None or hatecheck is None:
+        try:
+            d = data_dir(args.data)
+        except DataDirMissing:
+            missing = " and ".join(f for f, v in (("--templates CSV", templates), ("--hatecheck CSV", hatecheck)) if v is None)
+            raise CliError(f"no bias data: pass --data DIR (or set GATEHOUSE_DATA_DIR) holding {TEMPLATES_FILE} and "
+                           f"{HATECHECK_FILE}, or {missing} (--hatecheck '' skips HateCheck)") from None
+        templates = templates if templates is not None else str(d / TEMPLATES_FILE)
+        hatecheck = hatecheck if hatecheck is not None else str(d / HATECHECK_FILE)
+    for flag, path in (("--templates", templates), ("--hatecheck", hatecheck)):
+        if path and not Path(path).is_file():
+            raise CliError(f"{flag}: no file at {path}")
+    return templates, hatecheck
 
 
 def cmd_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
