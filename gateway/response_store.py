@@ -10,7 +10,7 @@ part of the key). Only JSON goes in and comes out.
 from __future__ import annotations
 
 import asyncio
-import threading
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,20 +41,16 @@ class SQLiteResponseStore:
     def __init__(self, path: str | Path, ttl_seconds: int) -> None:
         self.path = Path(path)
         self.ttl = ttl_seconds
-        self._lock = threading.Lock()
-        self._conn: Any = None  # opened on first use: a gateway nobody stores responses on writes no file
+        # opened on first use: a gateway nobody stores responses on writes no file
+        self._sql = sqlitedb.LazyConnection(self.path, _SCHEMA, timeout=30.0)
+        self._lock = self._sql.lock
 
     @property
-    def _db(self) -> Any:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlitedb.connect(self.path)
-            self._conn.executescript(_SCHEMA)
-            self._conn.commit()
-        return self._conn
+    def _db(self) -> sqlite3.Connection:
+        return self._sql.get()
 
     def _get(self, tenant: str, rid: str) -> dict[str, Any] | None:
-        if self._conn is None and not self.path.exists():
+        if not self._sql.opened and not self.path.exists():
             return None
         with self._lock:
             row = self._db.execute("SELECT entry FROM responses WHERE tenant=? AND id=? AND expires>?", (tenant, rid, time.time())).fetchone()
@@ -73,8 +69,7 @@ class SQLiteResponseStore:
         await asyncio.to_thread(self._put, tenant, rid, entry)
 
     async def aclose(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._sql.close()
 
 
 class RedisResponseStore:

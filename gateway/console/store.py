@@ -20,8 +20,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,21 +119,10 @@ class ConsoleStore:
     def __init__(self, path: str | Path, session_ttl: float) -> None:
         self.path = Path(path)
         self.session_ttl = session_ttl
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlitedb.connect(self.path, timeout=10.0, isolation_level=None)
-            conn.executescript(_SCHEMA)
-            self._conn = conn
-        return self._conn
+        self._sql = sqlitedb.LazyConnection(self.path, _SCHEMA, isolation_level=None)
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._sql.query(sql, args)
 
     async def _aq(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return await asyncio.to_thread(self._q, sql, args)
@@ -186,10 +173,7 @@ class ConsoleStore:
                            json.loads(r[7]) if r[7] else None, bool(r[8])) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._sql.close()
 
 
 def csrf_ok(session: Session, token: str | None) -> bool:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,19 +41,12 @@ class UserStore:
         self.redis = redis
         self.redis_key = settings.redis.key_prefix + "console:users"
         self.sqlite_path = settings.resolve_path(settings.auth.sqlite_path)
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlitedb.connect(self.sqlite_path, timeout=10.0, isolation_level=None)
-            self._conn.execute("CREATE TABLE IF NOT EXISTS console_users (name TEXT PRIMARY KEY, record TEXT NOT NULL)")
-        return self._conn
+        self._sql = sqlitedb.LazyConnection(
+            self.sqlite_path, "CREATE TABLE IF NOT EXISTS console_users (name TEXT PRIMARY KEY, record TEXT NOT NULL)",
+            isolation_level=None)
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db().execute(sql, args).fetchall()
+        return self._sql.query(sql, args)
 
     @property
     def writable(self) -> bool:
@@ -113,9 +104,6 @@ class UserStore:
         return user if ok and user is not None else None
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._sql.close()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,19 +97,13 @@ CREATE TABLE IF NOT EXISTS prompt_label_history (
 class SQLitePromptStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        # opened on first use, so a gateway whose requests never name a prompt creates no file
+        self._sql = sqlitedb.LazyConnection(self.path, _SCHEMA, isolation_level=None)
+        self._lock = self._sql.lock
 
     @property
     def _db(self) -> sqlite3.Connection:
-        # opened on first use, so a gateway whose requests never name a prompt creates no file
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlitedb.connect(self.path, timeout=10.0, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.executescript(_SCHEMA)
-            self._conn = conn
-        return self._conn
+        return self._sql.get()
 
     def __repr__(self) -> str:
         return f"SQLitePromptStore({str(self.path)!r})"
@@ -236,10 +229,7 @@ class SQLitePromptStore:
         return await asyncio.to_thread(self._tx, do)
 
     async def aclose(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._sql.close()
 
 
 # ---------------------------------------------------------------- Redis
