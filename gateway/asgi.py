@@ -43,16 +43,21 @@ async def parse_json(raw: bytes) -> Any:
 async def buffer_body(receive: Receive, limit: int) -> tuple[bytes, Receive]:
     """Read the whole body and return it with a ``receive`` that replays it once."""
     body = await read_body(receive, limit)
+    return body, replaying(body, receive)  # later calls: the real receive, for disconnect detection
+
+
+def replaying(body: bytes, after: Receive) -> Receive:
+    """A ``receive`` whose first message is the whole ``body``; later calls go to ``after``."""
     replayed = False
 
-    async def replay() -> dict[str, Any]:
+    async def receive() -> dict[str, Any]:
         nonlocal replayed
         if not replayed:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # later calls: disconnect detection
+        return await after()
 
-    return body, replay
+    return receive
 
 
 async def peek_json(scope: Scope, receive: Receive, limit: int) -> tuple[Any, Receive]:

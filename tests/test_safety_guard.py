@@ -96,6 +96,15 @@ rules:
         thresholds: {prompt_injection: 0.8}
 """
 
+TOOL_CALL_ARGS_RULE = """\
+  - id: tool-call-args
+    direction: output
+    roles: [tool_call]
+    checks:
+      - type: regex
+        deny: ['rm -rf /']
+"""
+
 
 @pytest.fixture
 def guarded(tmp_path: Path, fake_upstream: tuple[str, Any]) -> Any:
@@ -300,14 +309,7 @@ async def test_guard_routes_must_exist(guarded: Any) -> None:
 
 
 def test_injection_in_tool_results_and_tool_call_arguments(guarded: Any) -> None:
-    policy = POLICY + """\
-  - id: tool-call-args
-    direction: output
-    roles: [tool_call]
-    checks:
-      - type: regex
-        deny: ['rm -rf /']
-"""
+    policy = POLICY + TOOL_CALL_ARGS_RULE
     settings, _up = guarded(policy)
     with Running(settings) as gw:
         msgs: list[Any] = [
@@ -325,14 +327,7 @@ def test_injection_in_tool_results_and_tool_call_arguments(guarded: Any) -> None
 
 
 def test_tool_call_arguments_through_the_gateway_streamed_or_not(guarded: Any, fake_upstream: tuple[str, Any]) -> None:
-    policy = POLICY + """\
-  - id: tool-call-args
-    direction: output
-    roles: [tool_call]
-    checks:
-      - type: regex
-        deny: ['rm -rf /']
-"""
+    policy = POLICY + TOOL_CALL_ARGS_RULE
     settings, _ = guarded(policy)
     routes = [*settings.routes, type(settings.routes[0]).model_validate({"name": "tools", "targets": [target(fake_upstream[0], "tool-call")]})]
     settings = settings.model_copy(update={"routes": tuple(routes)})

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.asgi import replaying
 from gateway.trafficlog import encode
 from gateway.types import INTERNAL_CALLER, Caller
 
@@ -49,15 +50,12 @@ async def run_chat(stack: Any, caller: Caller, body: dict[str, Any]) -> AsyncIte
     payload = orjson.dumps({**body, "stream": True, "stream_options": {"include_usage": True}})
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     gone = asyncio.Event()
-    delivered = False
 
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": payload, "more_body": False}
+    async def until_gone() -> dict[str, Any]:
         await gone.wait()
         return {"type": "http.disconnect"}
+
+    receive = replaying(payload, until_gone)
 
     async def send(message: dict[str, Any]) -> None:
         await queue.put(message)
@@ -137,15 +135,12 @@ async def call_route(app: Any, path: str, caller: Caller, body: dict[str, Any]) 
     scope = _scope(path, caller)
     scope["state"]["caller"] = caller
     payload = orjson.dumps(body)
-    sent = False
     out: dict[str, Any] = {"status": 500, "body": b""}
 
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": payload, "more_body": False}
+    async def disconnected() -> dict[str, Any]:
         return {"type": "http.disconnect"}
+
+    receive = replaying(payload, disconnected)
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
