@@ -84,8 +84,9 @@ def test_bash_blocks_run_as_written(tmp_path):
 
 def _flags_of(cmd: list[str]) -> set[str]:
     """Flags of a gatehouse (sub)command, from its --help."""
+    # a guard only: `tune sft --help` imports torch, which took over 60 s on a saturated 2-core box
     out = subprocess.run([gatehouse_bin(), *cmd, "--help"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         timeout=60)
+                         timeout=600)
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", out.stdout))
 
 
