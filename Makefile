@@ -21,9 +21,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# also run by tests/test_lint.py (the same two commands, read from here)
 lint: install
-	$(BIN)/ruff check gateway policies evaluators tuning tests
-	$(BIN)/mypy gateway policies evaluators tuning
+	$(BIN)/ruff check gatehouse_core gateway policies evaluators tuning tests
+	$(BIN)/mypy gatehouse_core gateway policies evaluators tuning
 
 bench: install
 	$(BIN)/python tests/bench/bench_gateway.py

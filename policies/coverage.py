@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from evaluators.safety.taxonomy import CATEGORIES, FROM_DETOXIFY, FROM_LLAMA_GUARD, FROM_OPENAI, LEGACY_CATEGORIES
+from evaluators.safety.taxonomy import (
+    CATEGORIES,
+    FROM_DETOXIFY,
+    FROM_LLAMA_GUARD,
+    FROM_OPENAI,
+    LEGACY_CATEGORIES,
+)
 from policies.models import LlamaGuardCheck, ModerationCheck, SafetyCheck
 from policies.policy_set import PolicySet
 

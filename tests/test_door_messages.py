@@ -112,11 +112,10 @@ def seeded_prompts(tmp_path: Path) -> Path:
 
 
 def test_prompt_and_grounding_are_injected_on_the_messages_door(fake_upstream, seeded_prompts, tmp_path: Path) -> None:
-    from tests.test_grounding import DOCS  # the grounding tests' small corpus
-
     from evaluators.embedding import shared_embedder
     from gateway.grounding.builder import build_index
     from gateway.grounding.text import iter_documents
+    from tests.test_grounding import DOCS  # the grounding tests' small corpus
 
     index = tmp_path / "docs-index"
     build_index(iter_documents([DOCS]), index, shared_embedder(), index_type="auto", max_chars=300, progress=False)

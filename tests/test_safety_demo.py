@@ -75,7 +75,7 @@ def test_the_demo_passes_their_benign_lookalikes(demo: Any, text: str) -> None:
 
 
 def test_japanese_is_flagged_as_unscored_language_not_passed_as_safe(demo: Any) -> None:
-    url, app, client = demo
+    url, _app, client = demo
     raw = client.chat.completions.with_raw_response.create(model="demo", messages=[{"role": "user", "content": JA_BOMB}])
     verdicts = json.loads(raw.headers["x-gatehouse-verdicts"])
     mine = [v for v in verdicts if v["r"] == "block-harmful-input"]
