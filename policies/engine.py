@@ -134,6 +134,9 @@ class Engine:
         self.recitation = recitation
         self.guard = guard  # the gateway's routes, for llama_guard / moderation tiers
         self.observe = observe
+        # (rule, check, failure kind) -> (last logged, failures since): see _warn_failed
+        self._failures: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self.clock: Callable[[], float] = time.monotonic
 
     async def evaluate(
         self,
@@ -181,7 +184,8 @@ class Engine:
                 action = "pass"
             else:
                 action = "block"
-            log.warning("check %s of rule %s failed (%s); on_error=%s", check.type, rule.id, reason, check.on_error)
+            self._warn_failed(rule.id, check.type, reason, "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__,
+                              check.on_error)
             verdict = Verdict(
                 rule.id, check.type, "error", 0.0, action, direction,
                 latency_ms=(time.perf_counter() - t0) * 1000,
@@ -199,6 +203,21 @@ class Engine:
         )
         self._observe(verdict)
         return verdict, res.spans if res.fired else []
+
+    def _warn_failed(self, rule: str, check: str, reason: str, kind: str, on_error: str, every: float = 1.0) -> None:
+        """At most one warning per (rule, check, failure kind) a second. A check fails once per
+        text: a 2,000-input request that timed out wrote 4,000 lines from the event loop and
+        stalled it ~2 s (tests/bench/bench_adversarial.py). Every failure is still counted
+        (gatehouse_guardrail_checks_total{action="error"}, fail-opens in their own metric)."""
+        key = (rule, check, kind)
+        now = self.clock()
+        last, since = self._failures.get(key, (float("-inf"), 0))
+        if now - last < every:
+            self._failures[key] = (last, since + 1)
+            return
+        self._failures[key] = (now, 0)
+        more = f" ({since} more since the last warning)" if since else ""
+        log.warning("check %s of rule %s failed (%s); on_error=%s%s", check, rule, reason, on_error, more)
 
     def _observe(self, verdict: Verdict) -> None:
         if self.observe is not None:

@@ -236,12 +236,13 @@ async def raw_header(port: int, size: int) -> tuple[int, str]:
     sent = 0
     try:
         writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ")
-        chunk = b"a" * 65536
+        chunk = b"a" * 16384
         with contextlib.suppress(ConnectionError):
             while sent < size and not answer.done():
                 writer.write(chunk)
                 await writer.drain()
                 sent += len(chunk)
+                await asyncio.sleep(0.001)  # let an early answer arrive before a reset can discard it
             if not answer.done():
                 writer.write(b"\r\n\r\n")
                 await writer.drain()
@@ -255,7 +256,7 @@ async def raw_header(port: int, size: int) -> tuple[int, str]:
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
     if not head.startswith(b"HTTP/1.1 "):
-        return -1, f"no answer (sent {sent} bytes)"
+        return -1, f"closed without an answer after {sent // 1024} KB"
     status = int(head[9:12])
     body = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
     return status, error_code(body) + f" (after {sent // 1024} KB sent)"
