@@ -117,11 +117,17 @@ def test_every_request_left_one_record(demo: Any) -> None:
 
     app.runtime.traffic.emit = spy
     try:
-        with pytest.raises(openai.BadRequestError):
+        with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model="demo", messages=[{"role": "user", "content": BLOCKED[0][0]}])
-        assert done.wait(10)
+        rid = err.value.response.headers["x-request-id"]
+        while True:  # wait for this request's record (cleared before the check: no lost wake-up)
+            done.clear()
+            if any(r.request_id == rid for r in seen):
+                break
+            assert done.wait(10)
     finally:
         app.runtime.traffic.emit = emit
-    (rec,) = seen
+    # an earlier test's record may still be on its way to the sink: count this request's only
+    (rec,) = [r for r in seen if r.request_id == rid]
     (v,) = [v for v in rec.verdicts if v.rule == "block-harmful-input"]
     assert v.action == "block" and v.detail["tier"] == "local" and v.category == "violence"
