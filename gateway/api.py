@@ -159,7 +159,7 @@ async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
     validate(endpoint, ctx.body)
     model = ctx.model
     ctx.record.model = model
-    route = rt.router.get(model)
+    route = ctx.route = rt.router.get(model)
     if not ctx.caller.may_use(model):
         raise GatewayError(ErrorKind.PERMISSION, f"API key {ctx.caller.key_id} may not use model `{model}`.", param="model")
     ctx.record.stream = ctx.stream
@@ -173,7 +173,7 @@ async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
     for stage in rt.stages:
         # a stage that answered (a cache hit) skips the rest, except stages that must see
         # every request (input guardrails: a policy tightened after caching still applies)
-        if ctx.short_circuit is None or getattr(stage, "runs_on_short_circuit", False):
+        if ctx.short_circuit is None or stage.runs_on_short_circuit:
             await stage.on_request(ctx)
     return route
 
@@ -199,7 +199,7 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
     ctx.record.finish_reason = _finish_reason(reply)
     if isinstance(reply.get("model"), str):
         ctx.record.response_model = reply["model"]
-    cost = rt.meter.settle(ctx.record, ctx, reply)
+    cost = settle_cost(rt, ctx, reply)
     if cost is not None and rt.meter.header:
         ctx.response_headers[COST_HEADER] = format_cost(cost)
     if rt.log_bodies:
@@ -211,6 +211,12 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
     await send({"type": "http.response.body", "body": body})
     if door is not None:
         await door.after(rt, ctx)
+
+
+def settle_cost(rt: Runtime, ctx: RequestContext, reply: dict[str, Any] | None = None) -> float | None:
+    """The one place a request's cost is settled (idempotent: a whole reply settles before its
+    headers, streams and failures when the handler is done); budgets and the record read it."""
+    return rt.meter.settle(ctx.record, ctx, reply)
 
 
 def _record_attempt(ctx: RequestContext, att: Attempt) -> None:
@@ -282,6 +288,8 @@ def _stream_record(rt: Runtime, ctx: RequestContext, text: str) -> None:
     Usage comes from the upstream's ``stream_options.include_usage`` chunk when it sends one;
     otherwise it is counted with the cost meter's estimating tokenizer and marked ``usage_estimated``."""
     rec = ctx.record
+    if rec.total_tokens is None and rec.prompt_tokens is not None and rec.completion_tokens is not None:
+        rec.total_tokens = rec.prompt_tokens + rec.completion_tokens  # upstream gave the parts, not the sum
     if rec.total_tokens is None:
         rec.prompt_tokens, rec.completion_tokens = rt.meter.estimate_tokens(request_text(ctx.body)), rt.meter.estimate_tokens(text)
         rec.total_tokens = rec.prompt_tokens + rec.completion_tokens

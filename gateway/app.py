@@ -41,7 +41,15 @@ from gateway.config import Settings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.routing import Route
 from gateway.runtime import Runtime
-from gateway.types import INTERNAL_CALLER, PARSED_BODY, Caller, RequestContext, TrafficRecord
+from gateway.types import (
+    CONTEXT_HEADERS,
+    ENDPOINT,
+    INTERNAL_CALLER,
+    PARSED_BODY,
+    Caller,
+    RequestContext,
+    TrafficRecord,
+)
 
 log = logging.getLogger("gatehouse")
 OVERHEAD_HEADER = b"x-gatehouse-overhead-ms"
@@ -91,7 +99,8 @@ class RequestIdAndErrors:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         path = scope["path"]
-        endpoint = HOT_PATHS.get(path)
+        # the one HOT_PATHS lookup of a request: the inner middlewares read it from the state
+        endpoint = state[ENDPOINT] = HOT_PATHS.get(path)
         record = TrafficRecord(request_id=request_id, ts_start=time.time(), endpoint=endpoint or path) if endpoint else None
         state["record"] = record
         started = False
@@ -162,7 +171,6 @@ class RequestIdAndErrors:
         elapsed = time.perf_counter() - t0
         record.ts_end = time.time()
         record.latency_ms = elapsed * 1000
-        rt.meter.settle(record, ctx)
         model = record.model if record.model in rt.router.routes else ""
         overhead = None
         if ctx is not None:
@@ -241,8 +249,9 @@ class RateLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limiter = self.rt.limiter
-        caller = scope.get("state", {}).get("caller")
-        if limiter is None or caller is None or scope["path"] not in HOT_PATHS:
+        state = scope.get("state", {})
+        caller = state.get("caller")
+        if limiter is None or caller is None or state.get(ENDPOINT) is None:
             await self.app(scope, receive, send)
             return
         if self.rt.tracing is None or not scope["state"].get(TRACED):
@@ -260,8 +269,9 @@ class Budget:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         budgets = self.rt.budgets
-        caller = scope.get("state", {}).get("caller")
-        if budgets is None or caller is None or scope["path"] not in HOT_PATHS:
+        state = scope.get("state", {})
+        caller = state.get("caller")
+        if budgets is None or caller is None or state.get(ENDPOINT) is None:
             await self.app(scope, receive, send)
             return
         if self.rt.tracing is None or not scope["state"].get(TRACED):
@@ -276,7 +286,7 @@ class Dispatch:
         self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = HOT_PATHS.get(scope["path"]) if scope["type"] == "http" else None
+        endpoint = scope["state"].get(ENDPOINT) if scope["type"] == "http" else None
         if endpoint is None:
             await self.fallback(scope, receive, send)
             return
@@ -294,21 +304,24 @@ class Dispatch:
             except orjson.JSONDecodeError as exc:
                 raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
         limits.check_request(endpoint, body, rt.settings.limits)  # before anything recursive touches it
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {CONTEXT_HEADERS[k]: v.decode("latin-1") for k, v in scope["headers"] if k in CONTEXT_HEADERS}
         ctx = RequestContext(
             request_id=state["request_id"], endpoint=endpoint, caller=state["caller"], body=body if isinstance(body, dict) else {},
             headers=headers, record=state["record"],
         )
         state["ctx"] = ctx
-        if endpoint == "moderations":
-            await moderations.handle(rt, ctx, send)
-            return
-        door = doors.BY_ENDPOINT.get(endpoint)
-        if door is not None:
-            await doors.enter(rt, ctx, door, body)
-        elif not isinstance(body, dict):
-            api.validate(endpoint, body)
-        await api.handle_complete(rt, ctx, ctx.endpoint, send, receive)
+        try:
+            if endpoint == "moderations":
+                await moderations.handle(rt, ctx, send)
+                return
+            door = doors.BY_ENDPOINT.get(endpoint)
+            if door is not None:
+                await doors.enter(rt, ctx, door, body)
+            elif not isinstance(body, dict):
+                api.validate(endpoint, body)
+            await api.handle_complete(rt, ctx, ctx.endpoint, send, receive)
+        finally:
+            api.settle_cost(rt, ctx)  # a whole reply settled before its headers; this covers the rest
 
 
 # ---- non-hot routes -------------------------------------------------------------------

@@ -427,7 +427,7 @@ class Budgets:
             record = state.get("record")
             cost = 0.0
             if record is not None:
-                cost = self.meter.settle(record, state.get("ctx")) or 0.0
+                cost = record.cost or 0.0  # settled by the handler (gateway.api.settle_cost)
             # shielded: a client disconnect must not leave the hold in place
             await asyncio.shield(self.settle(hold, cost))
 

@@ -294,6 +294,7 @@ class TracedStage:
         self._stage = stage
         self._tracing = tracing
         self.name = stage.name
+        self.runs_on_short_circuit = stage.runs_on_short_circuit
         self._span_name = STAGE_SPAN.get(stage.name, f"stage {stage.name}")
 
     def __getattr__(self, name: str) -> Any:

@@ -21,6 +21,11 @@ Endpoint = Literal["chat", "completions", "embeddings", "moderations", "messages
 # scope["state"] key for the JSON request body when middleware already parsed it
 # (the token rate limit does, to estimate its reservation); the API handler reuses it
 PARSED_BODY = "parsed_body"
+# the request headers a stage reads (sticky routing, the response cache); only these are
+# decoded onto ``RequestContext.headers``
+CONTEXT_HEADERS = {b"x-gatehouse-session": "x-gatehouse-session", b"cache-control": "cache-control"}
+# scope["state"] key of the request's endpoint kind (set once, by the outermost middleware)
+ENDPOINT = "endpoint"
 # scope key the console sets on in-process requests: the Caller it runs them as. Only code
 # in this process can put it there; an HTTP client controls headers, never scope keys.
 INTERNAL_CALLER = "gatehouse.internal_caller"
@@ -48,7 +53,7 @@ class RequestContext:
     endpoint: Endpoint
     caller: Caller
     body: dict[str, Any]  # parsed JSON; stages may rewrite (messages, model params)
-    headers: dict[str, str]  # request headers, lower-cased names
+    headers: dict[str, str]  # the CONTEXT_HEADERS the request sent, lower-cased names
     record: TrafficRecord
     t0: float = field(default_factory=time.perf_counter)
     response_headers: dict[str, str] = field(default_factory=dict)
@@ -58,6 +63,10 @@ class RequestContext:
     state: dict[str, Any] = field(default_factory=dict)
     # a stage that answers by itself (a cache hit) sets this; routing is skipped
     short_circuit: dict[str, Any] | None = None
+    # the route, resolved once after auth and before any stage (a gateway.routing.Route: its
+    # targets, and in .settings the prompt pin, grounding and cache flag); typed loosely
+    # because gateway.routing imports this module
+    route: Any = None
 
     @property
     def model(self) -> str:
@@ -103,6 +112,8 @@ class Stage(Protocol):
     """
 
     name: str
+    # True: on_request runs even after an earlier stage answered (input guardrails on a cache hit)
+    runs_on_short_circuit: bool
 
     async def on_request(self, ctx: RequestContext) -> None: ...
 

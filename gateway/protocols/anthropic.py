@@ -225,7 +225,7 @@ class MessagesStreamEncoder:
         if self.started:
             return b""
         self.started = True
-        msg = {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant", "model": self.model, "content": [],
+        msg: dict[str, Any] = {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant", "model": self.model, "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}
         return _event("message_start", {"type": "message_start", "message": msg})
 
