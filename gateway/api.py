@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway import limits
 from gateway.asgi import Receive, Send
 from gateway.asgi import read_body as read_body
+from gateway.config import LimitSettings
 from gateway.cost import COST_HEADER, STREAM_TEXT, format_cost, request_text
 from gateway.doors import DOOR, StreamEncoder
 from gateway.errors import ErrorKind, GatewayError, invalid
+from gateway.model import Request
+from gateway.protocols import chat
+from gateway.protocols.chat import check_sampling, expect, type_name
 from gateway.providers import StreamReply, UpstreamFailure
-from gateway.routing import Attempt, sticky_key
+from gateway.routing import Attempt
 from gateway.types import Endpoint, RequestContext, StreamBlocked, StreamFilter
 
 if TYPE_CHECKING:
@@ -34,31 +40,10 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-
 
 # ---- validation ------------------------------------------------------------------
 
-def _type_name(v: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _expect(body: dict[str, Any], name: str, types: tuple[type, ...], desc: str, required: bool = False) -> Any:
-    if name not in body or body[name] is None:
-        if required:
-            raise invalid(f"Missing required parameter: '{name}'.", name)
-        return None
-    v = body[name]
-    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-        raise invalid(f"Invalid type for '{name}': expected {desc}, but got {_type_name(v)}.", name)
-    return v
-
-
-def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
-    v = _expect(body, name, (int, float), "a number")
-    if v is not None and not lo <= v <= hi:
-        raise invalid(f"Invalid value for '{name}': {v} is outside [{lo}, {hi}].", name)
-
-
 def validate(endpoint: Endpoint, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise invalid(f"The request body must be a JSON object, got {_type_name(body)}.")
-    model = _expect(body, "model", (str,), "a string", required=True)
+        raise invalid(f"The request body must be a JSON object, got {type_name(body)}.")
+    model = expect(body, "model", (str,), "a string", required=True)
     if not model:
         raise invalid("'model' must not be empty.", "model")
     if endpoint == "embeddings":
@@ -67,37 +52,27 @@ def validate(endpoint: Endpoint, body: Any) -> dict[str, Any]:
             raise invalid("Missing required parameter: 'input'.", "input")
         if not isinstance(inp, (str, list)) or (isinstance(inp, list) and not inp):
             raise invalid("Invalid 'input': expected a string or a non-empty array.", "input")
-        fmt = _expect(body, "encoding_format", (str,), "a string")
+        fmt = expect(body, "encoding_format", (str,), "a string")
         if fmt is not None and fmt not in ("float", "base64"):
             raise invalid(f"Invalid value for 'encoding_format': {fmt!r}; supported: 'float', 'base64'.", "encoding_format")
-        dims = _expect(body, "dimensions", (int,), "an integer")
+        dims = expect(body, "dimensions", (int,), "an integer")
         if dims is not None and dims < 1:
             raise invalid("'dimensions' must be >= 1.", "dimensions")
         return body
-    _expect(body, "stream", (bool,), "a boolean")
-    opts = _expect(body, "stream_options", (dict,), "an object")
-    if opts is not None and "include_usage" in opts and not isinstance(opts["include_usage"], bool):
-        raise invalid("Invalid type for 'stream_options.include_usage': expected a boolean.", "stream_options.include_usage")
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        v = _expect(body, name, (int,), "an integer")
-        if v is not None and v < 1:
-            raise invalid(f"Invalid value for '{name}': must be >= 1.", name)
-    _expect(body, "user", (str,), "a string")
+    check_sampling(body)
     if endpoint == "completions":
         prompt = body.get("prompt")
         if prompt is None:
             raise invalid("Missing required parameter: 'prompt'.", "prompt")
         if not isinstance(prompt, (str, list)):
-            raise invalid(f"Invalid type for 'prompt': expected a string or array, but got {_type_name(prompt)}.", "prompt")
+            raise invalid(f"Invalid type for 'prompt': expected a string or array, but got {type_name(prompt)}.", "prompt")
         return body
-    msgs = _expect(body, "messages", (list,), "an array", required=True)
+    msgs = expect(body, "messages", (list,), "an array", required=True)
     if not msgs:
         raise invalid("'messages' must contain at least one message.", "messages")
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            raise invalid(f"Invalid type for 'messages[{i}]': expected an object, but got {_type_name(m)}.", f"messages[{i}]")
+            raise invalid(f"Invalid type for 'messages[{i}]': expected an object, but got {type_name(m)}.", f"messages[{i}]")
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise invalid(
@@ -106,7 +81,7 @@ def validate(endpoint: Endpoint, body: Any) -> dict[str, Any]:
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise invalid(
-                f"Invalid type for 'messages[{i}].content': expected a string or array, but got {_type_name(content)}.",
+                f"Invalid type for 'messages[{i}].content': expected a string or array, but got {type_name(content)}.",
                 f"messages[{i}].content",
             )
     return body
@@ -154,28 +129,49 @@ def headers_list(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in ctx.response_headers.items()]
 
 
+def chat_door(body: Any, caps: LimitSettings) -> Request:
+    """The Chat Completions door: validate the body, read it into the neutral request, cap it."""
+    validate("chat", body)
+    req = chat.request_in(body)
+    limits.check_messages(req, caps)
+    return req
+
+
 async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
     """Validate, resolve the route and run the stages' inbound hooks; returns the Route."""
-    validate(endpoint, ctx.body)
+    req = ctx.request
+    if req is None:
+        validate(endpoint, ctx.body)
     model = ctx.model
     ctx.record.model = model
     route = ctx.route = rt.router.get(model)
     if not ctx.caller.may_use(model):
         raise GatewayError(ErrorKind.PERMISSION, f"API key {ctx.caller.key_id} may not use model `{model}`.", param="model")
     ctx.record.stream = ctx.stream
-    ctx.record.user = ctx.body.get("user") if isinstance(ctx.body.get("user"), str) else None
+    user = req.user if req is not None else ctx.body.get("user")
+    ctx.record.user = user if isinstance(user, str) else None
     if rt.log_bodies:
         ctx.record.request_body = ctx.body
     if rt.policy_source is not None:
         # known before any stage runs, so the response cache can key on it (the guardrail
         # stage re-stamps it from its own per-request snapshot)
         ctx.record.policy_version = rt.policy_source.policy_version
-    for stage in rt.stages:
-        # a stage that answered (a cache hit) skips the rest, except stages that must see
-        # every request (input guardrails: a policy tightened after caching still applies)
-        if ctx.short_circuit is None or stage.runs_on_short_circuit:
-            await stage.on_request(ctx)
+    try:
+        for stage in rt.stages:
+            # a stage that answered (a cache hit) skips the rest, except stages that must see
+            # every request (input guardrails: a policy tightened after caching still applies)
+            if ctx.short_circuit is None or stage.runs_on_short_circuit:
+                await stage.on_request(ctx)
+    finally:
+        if rt.log_bodies and req is not None:
+            # the request as the stages left it (prompt rendered, passages in, text redacted)
+            ctx.record.request_body = chat.request_out(req)
     return route
+
+
+def _sticky(ctx: RequestContext) -> str | None:
+    user = ctx.request.user if ctx.request is not None else ctx.body.get("user")
+    return ctx.headers.get("x-gatehouse-session") or (user if isinstance(user, str) else None)
 
 
 async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, send: Send, receive: Receive) -> None:
@@ -189,7 +185,8 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
         ctx.record.target = "cache"
     else:
         try:
-            reply = await rt.router.complete(route, endpoint, ctx.body, sticky_key(ctx.body, ctx.headers), att)
+            payload = ctx.request if ctx.request is not None else ctx.body
+            reply = await rt.router.complete(route, endpoint, payload, _sticky(ctx), att)
         finally:
             _record_attempt(ctx, att)
     for stage in reversed(rt.stages):
@@ -241,16 +238,20 @@ def sse_error(message: str, code: str, extra: dict[str, Any] | None = None) -> b
 
 
 async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, route: Any, send: Send, receive: Receive) -> None:
-    body = ctx.body
-    opts = body.get("stream_options") or {}
-    client_wants_usage = bool(opts.get("include_usage"))
-    upstream_body = body
-    if not client_wants_usage:
+    req = ctx.request
+    upstream: Request | dict[str, Any]
+    if req is not None:
+        client_wants_usage = req.include_usage
         # ask for usage anyway so the record has token counts; the usage chunk is not forwarded
-        upstream_body = {**body, "stream_options": {**opts, "include_usage": True}}
+        upstream = req if client_wants_usage else dataclasses.replace(req, include_usage=True)
+    else:
+        body = ctx.body
+        opts = body.get("stream_options") or {}
+        client_wants_usage = bool(opts.get("include_usage"))
+        upstream = body if client_wants_usage else {**body, "stream_options": {**opts, "include_usage": True}}
     att = Attempt()
     try:
-        reply, first = await rt.router.open_stream(route, endpoint, upstream_body, sticky_key(body, ctx.headers), att)
+        reply, first = await rt.router.open_stream(route, endpoint, upstream, _sticky(ctx), att)
     finally:
         _record_attempt(ctx, att)
     filters: list[StreamFilter] = [f for s in reversed(rt.stages) if (f := s.stream_filter(ctx)) is not None]
@@ -291,7 +292,8 @@ def _stream_record(rt: Runtime, ctx: RequestContext, text: str) -> None:
     if rec.total_tokens is None and rec.prompt_tokens is not None and rec.completion_tokens is not None:
         rec.total_tokens = rec.prompt_tokens + rec.completion_tokens  # upstream gave the parts, not the sum
     if rec.total_tokens is None:
-        rec.prompt_tokens, rec.completion_tokens = rt.meter.estimate_tokens(request_text(ctx.body)), rt.meter.estimate_tokens(text)
+        sent = ctx.request.text() if ctx.request is not None else request_text(ctx.body)
+        rec.prompt_tokens, rec.completion_tokens = rt.meter.estimate_tokens(sent), rt.meter.estimate_tokens(text)
         rec.total_tokens = rec.prompt_tokens + rec.completion_tokens
         rec.extra["usage_estimated"] = True
     if rt.log_bodies and rec.response_body is None:

@@ -304,10 +304,11 @@ class Dispatch:
             except orjson.JSONDecodeError as exc:
                 raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
         limits.check_request(endpoint, body, rt.settings.limits)  # before anything recursive touches it
+        request = api.chat_door(body, rt.settings.limits) if endpoint == "chat" else None
         headers = {CONTEXT_HEADERS[k]: v.decode("latin-1") for k, v in scope["headers"] if k in CONTEXT_HEADERS}
         ctx = RequestContext(
             request_id=state["request_id"], endpoint=endpoint, caller=state["caller"], body=body if isinstance(body, dict) else {},
-            headers=headers, record=state["record"],
+            headers=headers, record=state["record"], request=request,
         )
         state["ctx"] = ctx
         try:

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gateway.protocols import chat
 from gateway.types import BaseStage, RequestContext, Stage
 
 log = logging.getLogger("gatehouse.cache")
@@ -49,7 +50,10 @@ STATE = "cache"
 
 
 def cache_key(ctx: RequestContext, prefix: str) -> tuple[str, str | None]:
-    body = {k: v for k, v in ctx.body.items() if k not in TRANSPORT_FIELDS}
+    # the neutral request in its canonical (Chat) serialisation: equivalent requests share a key
+    # whatever door they came in by
+    sent = chat.request_out(ctx.request) if ctx.request is not None else ctx.body
+    body = {k: v for k, v in sent.items() if k not in TRANSPORT_FIELDS}
     policy_version = ctx.record.policy_version
     material = {
         "endpoint": ctx.endpoint,
@@ -96,7 +100,8 @@ class CacheStage(BaseStage):
         self._skipped = metrics.counter("cache_store_skipped_total", "Replies not cached, by reason", ("reason",))
 
     def _applies(self, ctx: RequestContext) -> bool:
-        return ctx.endpoint in ("chat", "completions") and ctx.model in self.routes and not ctx.stream
+        cached = ctx.route.settings.cache if ctx.route is not None else ctx.model in self.routes  # no route: a stage driven alone
+        return ctx.endpoint in ("chat", "completions") and cached and not ctx.stream
 
     async def on_request(self, ctx: RequestContext) -> None:
         if not self._applies(ctx):

@@ -171,8 +171,8 @@ class Meter:
             out = reply_text(reply) if reply is not None else "".join((ctx.state.get(STREAM_TEXT) or ()) if ctx else ())
             if not out and record.status != 200:
                 return None  # failed before any reply: nothing to charge
-            body = ctx.body if ctx is not None else {}
-            cost = price_of(price, self.count(request_text(body)), self.count(out))
+            sent = "" if ctx is None else ctx.request.text() if ctx.request is not None else request_text(ctx.body)
+            cost = price_of(price, self.count(sent), self.count(out))
             record.cost_estimated = True
         record.cost = cost
         record.currency = price.currency

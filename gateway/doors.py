@@ -16,6 +16,7 @@ import orjson
 
 from gateway import limits
 from gateway.errors import ErrorKind, GatewayError
+from gateway.model import Request
 from gateway.protocols import anthropic, responses
 from gateway.types import RequestContext
 
@@ -35,7 +36,7 @@ class StreamEncoder(Protocol):
 class Door(Protocol):
     name: str
 
-    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> dict[str, Any]: ...
+    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> Request: ...
 
     def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes: ...
 
@@ -50,8 +51,8 @@ class MessagesDoor:
 
     name = "messages"
 
-    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> dict[str, Any]:
-        return anthropic.request_to_core(body)
+    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> Request:
+        return anthropic.request_in(body)
 
     def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes:
         return orjson.dumps(anthropic.reply_from_core(reply, ctx.model))
@@ -73,7 +74,7 @@ class ResponsesDoor:
 
     name = "responses"
 
-    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> dict[str, Any]:
+    async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> Request:
         history: list[dict[str, Any]] = []
         prev = body.get("previous_response_id") if isinstance(body, dict) else None
         if prev is not None:
@@ -82,12 +83,11 @@ class ResponsesDoor:
                 raise GatewayError(ErrorKind.NOT_FOUND, f"No stored response with id {prev!r} (was it created with store: true?).",
                                    param="previous_response_id", code="response_not_found")
             history = entry["conversation"]
-        core = responses.request_to_core(body, history)
+        core, turns = responses.request_in(body, history)
         store = body.get("store", False)
         if not isinstance(store, bool):
             raise GatewayError(ErrorKind.INVALID_REQUEST, "'store' must be a boolean.", param="store")
-        ctx.state[STATE] = {"id": responses.new_id("resp"), "body": body, "store": store,
-                            "conversation": [*history, *responses.items_to_core(body["input"])]}
+        ctx.state[STATE] = {"id": responses.new_id("resp"), "body": body, "store": store, "conversation": [*history, *turns]}
         return core
 
     def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes:
@@ -113,10 +113,9 @@ BY_ENDPOINT: dict[str, Door] = {"messages": MESSAGES, "responses": RESPONSES}
 
 
 async def enter(rt: Any, ctx: RequestContext, door: Door, body: Any) -> None:
-    """Translate the door's request into the core request; the caps apply to it as to a chat request."""
+    """Translate the door's request into the neutral request; the caps apply to it as to a chat request."""
     core = await door.to_core(rt, ctx, body)
-    caps = rt.settings.limits
-    limits.check_request("chat", core, caps)
-    ctx.body = core
+    limits.check_messages(core, rt.settings.limits)
+    ctx.request = core
     ctx.endpoint = "chat"
     ctx.state[DOOR] = door

@@ -1,9 +1,9 @@
 """The inline guardrail stage: policy checks on requests, replies and streams.
 
-Input (``on_request``): every user message (chat), prompt (completions) or
-input (embeddings) is checked separately and concurrently. ``block`` raises
-400 ``content_policy_violation`` with the rule and category; ``redact``
-rewrites the text in ``ctx.body`` before routing; ``flag``/``shadow`` only
+Input (``on_request``): every user turn's text (``ctx.request``, any door), prompt
+(completions) or input (embeddings) is checked separately and concurrently. ``block``
+raises 400 ``content_policy_violation`` with the rule and category; ``redact``
+rewrites the text (``Message.set_text``) before routing; ``flag``/``shadow`` only
 record verdicts.
 
 Output, whole reply (``on_response``): a blocked choice follows the OpenAI
@@ -38,6 +38,8 @@ from typing import Any
 from evaluators.pii import redact
 from gateway.admission import CheckAdmission
 from gateway.errors import ErrorKind, GatewayError, invalid
+from gateway.model import Message, Opaque
+from gateway.protocols import chat
 from gateway.types import BaseStage, RequestContext, StreamBlocked, Verdict
 from policies.engine import Engine, Outcome
 from policies.policy_set import PolicySet, Rule
@@ -141,18 +143,16 @@ def _input_texts(ctx: RequestContext, roles: set[str]) -> tuple[str, list[Target
 
         return set_
 
-    if ctx.endpoint == "chat":
-        for i, msg in enumerate(body.get("messages") or []):
-            if not isinstance(msg, dict):
-                continue
-            role = ROLE_OF.get(str(msg.get("role")), str(msg.get("role")))
+    req = ctx.request
+    if req is not None:
+        for i, msg in enumerate(req.messages):
+            role = ROLE_OF.get(msg.role, msg.role)
             if role not in roles:
                 continue  # by default only user turns: system prompts are the app's, assistant turns were output
-            content = msg.get("content")
-            if isinstance(content, str):
-                out.append((role, content, item_setter(msg, "content")))
-            elif isinstance(content, list):
-                out.extend((role, t, set_) for t, set_ in part_texts(content, f"messages[{i}].content"))
+            bad = msg.unreadable()
+            if bad is not None:
+                raise _unreadable(msg, bad, chat.content_param(i, msg, bad))
+            out.extend((role, t, functools.partial(msg.set_text, path)) for path, t in msg.texts())
         return "messages", out
     if "user" not in roles:
         return "prompt", out
@@ -169,6 +169,21 @@ def _input_texts(ctx: RequestContext, roles: set[str]) -> tuple[str, list[Target
 
 # content parts that carry no text for a check to read (the model gets them as they are)
 NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file"})
+
+
+def _unreadable(msg: Message, path: tuple[int, ...], where: str) -> GatewayError:
+    """The 400 for a part no check can read (the same words as ``part_texts``)."""
+    part: Any = msg.parts[path[0]]
+    if len(path) > 1:
+        part = part.parts[path[1]]
+    data = part.data if isinstance(part, Opaque) else part
+    if not isinstance(data, dict):
+        return invalid(f"'{where}' is {type(data).__name__}, not a content part the gateway can check.", where)
+    return invalid(
+        f"'{where}' has content part type {data.get('type')!r}, which the gateway cannot read, so it cannot be checked; "
+        f"send text as {{\"type\": \"text\", \"text\": ...}}.",
+        f"{where}.type",
+    )
 
 
 def part_texts(parts: list[Any], param: str) -> list[tuple[str, Setter]]:

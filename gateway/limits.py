@@ -17,6 +17,8 @@ from typing import Any
 
 from gateway.config import LimitSettings
 from gateway.errors import ErrorKind, GatewayError
+from gateway.model import Request, ToolResult
+from gateway.protocols.chat import content_param
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -94,6 +96,24 @@ def _check_text(text: Any, limit: int, param: str) -> None:
         raise exceeded(f"'{param}' is {len(text)} characters; the limit is {limit} per text (limits.max_text_chars).", param)
 
 
+def _check_count(n: int, limits: LimitSettings) -> None:
+    if n > limits.max_messages:
+        raise exceeded(f"'messages' has {n} items; the limit is {limits.max_messages} (limits.max_messages).", "messages")
+
+
+def check_messages(req: Request, limits: LimitSettings) -> None:
+    """The caps on a chat request's turns (any door), on the neutral model: the number of turns,
+    parts per turn, characters per text."""
+    _check_count(len(req.messages), limits)
+    for i, m in enumerate(req.messages):
+        parts = m.parts[0].parts if m.role == "tool" and m.parts and isinstance(m.parts[0], ToolResult) else m.parts
+        if not m.plain and len(parts) > limits.max_inputs:
+            raise exceeded(f"'messages[{i}].content' has {len(parts)} parts; the limit is {limits.max_inputs} (limits.max_inputs).", f"messages[{i}].content")
+        for path, text in m.texts():
+            if len(text) > limits.max_text_chars:
+                _check_text(text, limits.max_text_chars, content_param(i, m, path) + ("" if m.plain else ".text"))
+
+
 def check_request(endpoint: str, body: Any, limits: LimitSettings) -> None:
     """The caps on an inference request body; run right after parsing, before validation."""
     check_depth(body, limits.max_json_depth)
@@ -104,19 +124,8 @@ def check_request(endpoint: str, body: Any, limits: LimitSettings) -> None:
         raise exceeded(f"'model' is {len(model)} characters; the limit is {limits.max_model_chars} (limits.max_model_chars).", "model")
     if endpoint == "chat":
         msgs = body.get("messages")
-        if isinstance(msgs, list):
-            if len(msgs) > limits.max_messages:
-                raise exceeded(f"'messages' has {len(msgs)} items; the limit is {limits.max_messages} (limits.max_messages).", "messages")
-            for i, m in enumerate(msgs):
-                content = m.get("content") if isinstance(m, dict) else None
-                if isinstance(content, str):
-                    _check_text(content, limits.max_text_chars, f"messages[{i}].content")
-                elif isinstance(content, list):
-                    if len(content) > limits.max_inputs:
-                        raise exceeded(f"'messages[{i}].content' has {len(content)} parts; the limit is {limits.max_inputs} (limits.max_inputs).", f"messages[{i}].content")
-                    for j, part in enumerate(content):
-                        if isinstance(part, dict):
-                            _check_text(part.get("text"), limits.max_text_chars, f"messages[{i}].content[{j}].text")
+        if isinstance(msgs, list):  # the count before anything is built per turn; the rest: check_messages
+            _check_count(len(msgs), limits)
         return
     key = "prompt" if endpoint == "completions" else "input"
     value = body.get(key)

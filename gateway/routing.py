@@ -22,6 +22,7 @@ from gateway.config import RouteSettings, TargetSettings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import Metrics
 from gateway.providers import Provider, StreamReply, UpstreamFailure
+from gateway.providers.base import Payload
 from gateway.types import Endpoint
 
 
@@ -171,7 +172,7 @@ class Router:
             )
         return route
 
-    async def complete(self, route: Route, endpoint: Endpoint, body: dict[str, Any], sticky: str | None, att: Attempt) -> dict[str, Any]:
+    async def complete(self, route: Route, endpoint: Endpoint, body: Payload, sticky: str | None, att: Attempt) -> dict[str, Any]:
         async def call(arm: Arm) -> dict[str, Any]:
             async with asyncio.timeout(arm.target.timeouts.total):
                 return await arm.provider.complete(endpoint, body)
@@ -179,7 +180,7 @@ class Router:
         return await self._run(route, endpoint, sticky, att, call)
 
     async def open_stream(
-        self, route: Route, endpoint: Endpoint, body: dict[str, Any], sticky: str | None, att: Attempt
+        self, route: Route, endpoint: Endpoint, body: Payload, sticky: str | None, att: Attempt
     ) -> tuple[StreamReply, list[bytes]]:
         """Open a stream and read its first events; fallbacks apply until they arrive."""
 
@@ -256,6 +257,3 @@ class Router:
 def _capable(arm: Arm, endpoint: Endpoint) -> bool:
     return endpoint in arm.provider.capabilities
 
-
-def sticky_key(body: dict[str, Any], headers: dict[str, str]) -> str | None:
-    return headers.get("x-gatehouse-session") or (body.get("user") if isinstance(body.get("user"), str) else None)

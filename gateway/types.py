@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 # the record schema lives in the bottom layer (policies, evaluators and tuning read it too)
 from gatehouse_core.records import TrafficRecord as TrafficRecord
 from gatehouse_core.records import Verdict as Verdict
+from gateway.model import Request
+from gateway.protocols.chat import request_in
 
 Endpoint = Literal["chat", "completions", "embeddings", "moderations", "messages", "responses"]
 
@@ -52,7 +54,9 @@ class RequestContext:
     request_id: str
     endpoint: Endpoint
     caller: Caller
-    body: dict[str, Any]  # parsed JSON; stages may rewrite (messages, model params)
+    # the body as the client sent it (parsed JSON). The legacy endpoints (completions,
+    # embeddings, moderations) are served from it; a chat request of any door is `request`.
+    body: dict[str, Any]
     headers: dict[str, str]  # the CONTEXT_HEADERS the request sent, lower-cased names
     record: TrafficRecord
     t0: float = field(default_factory=time.perf_counter)
@@ -67,14 +71,21 @@ class RequestContext:
     # targets, and in .settings the prompt pin, grounding and cache flag); typed loosely
     # because gateway.routing imports this module
     route: Any = None
+    # the protocol-neutral request every stage reads and writes (chat requests of every door);
+    # a chat body handed in as `body` (tests, tools) is read into it
+    request: Request | None = None
+
+    def __post_init__(self) -> None:
+        if self.request is None and self.endpoint == "chat":
+            self.request = request_in(self.body)
 
     @property
     def model(self) -> str:
-        return str(self.body.get("model", ""))
+        return self.request.model if self.request is not None else str(self.body.get("model", ""))
 
     @property
     def stream(self) -> bool:
-        return bool(self.body.get("stream", False))
+        return self.request.stream if self.request is not None else bool(self.body.get("stream", False))
 
 
 @runtime_checkable
@@ -107,7 +118,7 @@ class Stage(Protocol):
     """A step of the request pipeline (prompt injection, grounding, guardrails, cache).
 
     Stages run in configured order on the way in (``on_request``, may rewrite
-    ``ctx.body`` or raise ``GatewayError``) and in reverse on the way out
+    ``ctx.request`` or raise ``GatewayError``) and in reverse on the way out
     (``on_response`` for whole replies, ``stream_filter`` for streams).
     """
 

@@ -36,6 +36,7 @@ import uvicorn
 from gateway.app import Gatehouse, create_app
 from gateway.config import Settings, parse_settings
 from gateway.protocols import anthropic as anthropic_proto
+from gateway.protocols import chat as chat_proto
 from gateway.providers import UpstreamFailure
 from gateway.providers.mock import MockEngine
 
@@ -250,7 +251,7 @@ class FakeUpstream:
             return
         model = str(req.get("model"))
         self.calls[model] += 1
-        core = anthropic_proto.request_to_core(req)
+        core = chat_proto.request_out(anthropic_proto.request_in(req))  # the mock engine reads Chat bodies
         try:
             await self.engine.delay(model)
             self.engine.check_fault(model)

@@ -24,6 +24,7 @@ from gateway.grounding import IndexHolder, build_stage
 from gateway.grounding.builder import add_documents, build_index, delete_documents
 from gateway.grounding.index import CURRENT, GroundingIndex, read_manifest
 from gateway.grounding.text import Document, chunk_document, html_to_text, iter_documents
+from gateway.protocols.chat import request_out
 from gateway.types import Caller, RequestContext, TrafficRecord
 
 DOCS = Path(__file__).parent / "fixtures" / "grounding_docs"
@@ -286,7 +287,7 @@ async def test_stage_injects_numbered_passages_and_reports_them(built, embedder)
         original = list(body["messages"])
         ctx = ctx_for(body)
         await stage.on_request(ctx)
-        msgs = ctx.body["messages"]
+        msgs = request_out(ctx.request)["messages"]  # what goes upstream
         assert msgs[0]["content"] == "You are terse." and msgs[1]["role"] == "system"
         assert "[1] Why the sea has tides" in msgs[1]["content"] and "[2]" in msgs[1]["content"] and "\n[3]" not in msgs[1]["content"]
         assert "cite" in msgs[1]["content"].lower() and msgs[2:] == original[1:]
@@ -306,7 +307,7 @@ async def test_stage_injects_numbered_passages_and_reports_them(built, embedder)
         # request-level switch on an ungrounded route; the key is removed before forwarding
         ctx = ctx_for({"model": "plain", "messages": [{"role": "user", "content": "Who designed the lighthouse lens?"}], "grounding": {"top_k": 1, "min_score": 0.2}})
         await stage.on_request(ctx)
-        assert "grounding" not in ctx.body and json.loads(ctx.response_headers["x-gatehouse-grounding"])["chunks"][0]["id"].startswith("lighthouses.html")
+        assert "grounding" not in request_out(ctx.request) and json.loads(ctx.response_headers["x-gatehouse-grounding"])["chunks"][0]["id"].startswith("lighthouses.html")
         untouched = ctx_for({"model": "plain", "messages": [{"role": "user", "content": "x"}]})
         await stage.on_request(untouched)
         assert not untouched.response_headers and untouched.record.grounding_chunk_ids is None
@@ -443,7 +444,7 @@ rules:
     try:
         ctx = ctx_for({"model": "grounded", "messages": [{"role": "user", "content": "What causes spring tides?"}]})
         await stage.on_request(ctx)  # the user's own "spring tides" is not a grounding passage: no block
-        injected = ctx.body["messages"][0]["content"]
+        injected = request_out(ctx.request)["messages"][0]["content"]
         info = ctx.state["grounding"]
         assert info["dropped"] and "spring tides" not in injected.lower()
         assert len(info["chunks"]) == 3 - len(info["dropped"]) and ctx.record.grounding_chunk_ids == [c["id"] for c in info["chunks"]]

@@ -14,6 +14,7 @@ from evaluators.recitation import RecitationIndex
 from gateway.errors import GatewayError
 from gateway.guardrails import GuardrailMetrics, GuardrailStage, build_stage
 from gateway.metrics import Metrics
+from gateway.protocols.chat import request_out
 from gateway.types import Caller, RequestContext, StreamBlocked, TrafficRecord
 from policies import Engine, PolicySet
 from tests.support import API_KEY, gateway, make_settings, target
@@ -103,6 +104,8 @@ async def test_input_redaction_rewrites_only_user_text(stage: GuardrailStage) ->
     body["messages"][1]["content"] = [{"type": "text", "text": "card 4111 1111 1111 1111, globex"}]
     ctx = make_ctx(body)
     await stage.on_request(ctx)
+    assert ctx.request is not None
+    body = request_out(ctx.request)  # what goes upstream
     assert body["messages"][1]["content"][0]["text"] == "card [CARD], globex"
     assert body["messages"][0]["content"] == "be nice, idiot"  # the system prompt is the app's, not checked
     fired = {(v.rule, v.action) for v in ctx.record.verdicts if v.action != "pass"}

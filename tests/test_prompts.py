@@ -20,6 +20,7 @@ from gateway.prompts import (
     parse_spec,
 )
 from gateway.prompts.store import PromptStoreError, RedisPromptStore, SQLitePromptStore
+from gateway.protocols.chat import request_out
 from gateway.types import Caller, RequestContext, TrafficRecord
 from tests.conftest import REDIS_URL
 
@@ -150,23 +151,24 @@ async def test_stage_merges_messages_defaults_params_and_records(tmp_path):
     }
     ctx = ctx_for(body)
     await stage.on_request(ctx)
-    assert "prompt" not in ctx.body, "the prompt reference must not be forwarded upstream"
-    assert ctx.body["messages"] == [
+    sent = request_out(ctx.request)  # what goes upstream
+    assert "prompt" not in sent, "the prompt reference must not be forwarded upstream"
+    assert sent["messages"] == [
         {"role": "system", "content": "You triage tickets for Gatehouse. Answer in English."},
         {"role": "user", "content": "Ticket priority scale: P1, P2"},
         {"role": "user", "content": "My invoice is wrong"},
     ]
-    assert ctx.body["temperature"] == 0.2 and ctx.body["max_tokens"] == 50  # caller's value wins
+    assert sent["temperature"] == 0.2 and sent["max_tokens"] == 50  # caller's value wins
     assert ctx.response_headers["x-gatehouse-prompt"] == "support-triage@1"
     assert (ctx.record.prompt_id, ctx.record.prompt_version) == ("support-triage", "1")
     assert ctx.record.extra["prompt_model_hint"] == "gpt-4o-mini"
 
     ctx = ctx_for({"model": "m", "messages": [], "prompt": {"id": "support-triage", "version": 2, "variables": {"product": "X"}}})
     await stage.on_request(ctx)
-    assert ctx.response_headers["x-gatehouse-prompt"] == "support-triage@2" and ctx.body["temperature"] == 0.9
+    assert ctx.response_headers["x-gatehouse-prompt"] == "support-triage@2" and request_out(ctx.request)["temperature"] == 0.9
     ctx = ctx_for({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     await stage.on_request(ctx)
-    assert ctx.body["messages"] == [{"role": "user", "content": "hi"}] and not ctx.response_headers
+    assert request_out(ctx.request)["messages"] == [{"role": "user", "content": "hi"}] and not ctx.response_headers
 
     # a route pin via build_stage; requests on that route may only pass variables
     settings = parse_settings(

@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.errors import invalid
 from gateway.grounding.index import Hit, IndexHolder
+from gateway.model import Message, Text
 from gateway.types import BaseStage, RequestContext
 
 HEADER = "x-gatehouse-grounding"
@@ -80,11 +81,11 @@ def last_user_text(messages: Any) -> str | None:
     return None
 
 
-def passages_message(hits: list[Hit]) -> dict[str, str]:
+def passages_message(hits: list[Hit]) -> Message:
     parts = [INSTRUCTION, ""]
     for n, h in enumerate(hits, 1):
         parts.append(f"[{n}] {h.title}\n{h.text}\n")
-    return {"role": "system", "content": "\n".join(parts).rstrip()}
+    return Message("system", [Text("\n".join(parts).rstrip())])
 
 
 class GroundingStage(BaseStage):
@@ -105,14 +106,24 @@ class GroundingStage(BaseStage):
         self.route_options = dict(route_options or {})
         self.default_index = next(iter(holders)) if len(holders) == 1 else None
 
+    def _route_options(self, ctx: RequestContext) -> GroundingOptions | None:
+        """The grounding the request's route turns on (``ctx.route``, resolved once after auth)."""
+        if ctx.route is None:
+            return self.route_options.get(ctx.model)  # a stage driven without the app (tests, tools)
+        return self.route_options.get(ctx.route.name) if ctx.route.settings.grounding else None
+
     async def on_request(self, ctx: RequestContext) -> None:
-        req = ctx.body.pop("grounding", None)
-        base = self.route_options.get(ctx.model)
+        request = ctx.request
+        if request is None:  # a legacy endpoint (completions, embeddings)
+            req = ctx.body.pop("grounding", None)
+        else:
+            req, request.grounding = request.grounding, None  # never reaches the upstream
+        base = self._route_options(ctx)
         if req is None and base is None:
             return
         if req is False:  # a route's grounding is policy, not a caller's choice
             raise invalid("`grounding` must be an object or true; it cannot be turned off per request", param="grounding")
-        if ctx.endpoint != "chat":
+        if request is None:
             raise invalid("`grounding` is only supported on /v1/chat/completions", param="grounding")
         opts = parse_options(req, self.default_index, base, "grounding") if req is not None else base
         assert opts is not None
@@ -123,7 +134,7 @@ class GroundingStage(BaseStage):
                 param="grounding.index",
             )
         index = holder.current  # keep this object for the whole request, whatever a swap does
-        question = last_user_text(ctx.body.get("messages"))
+        question = request.last_user_text()
         hits: list[Hit] = []
         if question:
             vec = (await self.embedder.aencode([question]))[0]
@@ -138,12 +149,7 @@ class GroundingStage(BaseStage):
             dropped = [h.chunk_id for h, t in zip(hits, checked, strict=True) if t is None]
             hits = [replace(h, text=t) for h, t in zip(hits, checked, strict=True) if t is not None]
         if hits:
-            msgs = list(ctx.body.get("messages") or [])
-            at = 0
-            while at < len(msgs) and isinstance(msgs[at], dict) and msgs[at].get("role") in ("system", "developer"):
-                at += 1
-            msgs.insert(at, passages_message(hits))
-            ctx.body["messages"] = msgs
+            request.insert_after_system(passages_message(hits))
         info = {
             "index": opts.index,
             "version": index.version,

@@ -19,6 +19,7 @@ the request's ``model``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -26,11 +27,14 @@ from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.prompts.model import PromptFormatError, PromptRef, parse_ref
 from gateway.prompts.registry import PromptNotFound, PromptRegistry
 from gateway.prompts.render import arender_messages
+from gateway.protocols import chat
 from gateway.types import BaseStage, RequestContext
 
 log = logging.getLogger("gatehouse.prompts")
 
 HEADER = "x-gatehouse-prompt"
+# route pins were parsed once at startup (a typo stops it); per request this is a cache hit
+_parse_pin = functools.lru_cache(maxsize=256)(parse_ref)
 
 
 class PromptStage(BaseStage):
@@ -41,11 +45,11 @@ class PromptStage(BaseStage):
         self.route_pins = dict(route_pins or {})
 
     async def on_request(self, ctx: RequestContext) -> None:
-        body = ctx.body
-        if ctx.endpoint != "chat":
+        request = ctx.request
+        if request is None:
             return  # /v1/completions' own `prompt` is the text to complete, not a managed prompt
-        req = body.pop("prompt", None)
-        pin = self.route_pins.get(ctx.model)
+        req, request.prompt = request.prompt, None  # the reference never reaches the upstream
+        pin = self._pin(ctx)
         if req is None and pin is None:
             return
         ref, variables = self._reference(req, pin, ctx.model)
@@ -60,15 +64,10 @@ class PromptStage(BaseStage):
                 raise GatewayError(ErrorKind.UNAVAILABLE, f"prompt store unavailable: {exc}") from None
             raise
         rendered = await arender_messages(version, variables)
-        messages = body.get("messages")
-        if messages is None:
-            messages = []
-        if not isinstance(messages, list):
-            raise invalid("`messages` must be a list", param="messages")
-        body["messages"] = rendered + messages
+        request.messages[:0] = [chat.message_in(m) for m in rendered]  # templates are stored as Chat turns
         for k, v in version.parameters.items():
-            if body.get(k) is None:
-                body[k] = v
+            if request.param(k) is None:
+                request.set_param(k, v)
         ctx.response_headers[HEADER] = version.ref
         ctx.record.prompt_id = version.id
         ctx.record.prompt_version = str(version.version)
@@ -77,6 +76,13 @@ class PromptStage(BaseStage):
         if version.model:
             ctx.record.extra["prompt_model_hint"] = version.model
         ctx.state[self.name] = {"id": version.id, "version": version.version, "hash": version.content_hash}
+
+    def _pin(self, ctx: RequestContext) -> PromptRef | None:
+        """The prompt the request's route pins (``ctx.route``, resolved once after auth)."""
+        if ctx.route is None:
+            return self.route_pins.get(ctx.model)  # a stage driven without the app (tests, tools)
+        text = ctx.route.settings.prompt
+        return None if not text else _parse_pin(text)
 
     def _reference(self, req: Any, pin: PromptRef | None, model: str) -> tuple[PromptRef, dict[str, Any]]:
         if isinstance(req, str):  # shorthand: "prompt": "id@3" / "id:staging"

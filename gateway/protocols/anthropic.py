@@ -23,12 +23,23 @@ from typing import Any
 import orjson
 
 from gateway.errors import invalid
+from gateway.model import (
+    Image,
+    Message,
+    Part,
+    Request,
+    Text,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolResult,
+)
+from gateway.protocols import chat
 
 # core finish_reason <-> Anthropic stop_reason
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal", "function_call": "tool_use"}
 FINISH_REASON = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
 # gateway extensions a client may send on this door too (`extra_body` in the SDK)
-EXTENSIONS = ("prompt", "grounding")
 DEFAULT_MAX_TOKENS = 1024  # asked of a Messages upstream when the core request names none
 
 
@@ -48,19 +59,19 @@ def _text_of(content: Any, where: str) -> str:
     raise invalid(f"'{where}' must be a string or a list of text blocks.", where)
 
 
-def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+def _image_part(block: dict[str, Any], where: str) -> Image:
     src = block.get("source")
     if isinstance(src, dict) and src.get("type") == "base64" and isinstance(src.get("data"), str):
-        return {"type": "image_url", "image_url": {"url": f"data:{src.get('media_type', 'image/png')};base64,{src['data']}"}}
+        return Image(f"data:{src.get('media_type', 'image/png')};base64,{src['data']}")
     if isinstance(src, dict) and src.get("type") == "url" and isinstance(src.get("url"), str):
-        return {"type": "image_url", "image_url": {"url": src["url"]}}
+        return Image(src["url"])
     raise invalid(f"'{where}.source' must be a base64 or url image source.", f"{where}.source")
 
 
 # ---- the door: client Messages request -> core --------------------------------------------
 
-def request_to_core(body: Any) -> dict[str, Any]:
-    """A Messages request body as the core's request (Chat Completions shape)."""
+def request_in(body: Any) -> Request:
+    """A Messages request body as the neutral request."""
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
     model = body.get("model")
@@ -72,101 +83,94 @@ def request_to_core(body: Any) -> dict[str, Any]:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise invalid("'messages' must be a non-empty array.", "messages")
-    out: list[dict[str, Any]] = []
+    out: list[Message] = []
     system = body.get("system")
     if system is not None:
-        out.append({"role": "system", "content": _text_of(system, "system")})
+        out.append(Message("system", [Text(_text_of(system, "system"))]))
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise invalid(f"'{where}.role' must be 'user' or 'assistant'.", f"{where}.role")
-        out.extend(_message_to_core(m, where))
-    core: dict[str, Any] = {"model": model, "messages": out, "max_tokens": max_tokens}
-    for k in ("temperature", "top_p", "stream"):
-        if body.get(k) is not None:
-            core[k] = body[k]
+        out.extend(_message_in(m, where))
+    params = {k: body[k] for k in ("temperature", "top_p", "stream") if body.get(k) is not None}
+    chat.check_sampling(params)
+    req = Request(model=model, messages=out, max_tokens=max_tokens, stream=params.pop("stream", False), **params)
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise invalid("'stop_sequences' must be an array of strings.", "stop_sequences")
-        core["stop"] = stops
+        req.stop = stops
     meta = body.get("metadata")
     if isinstance(meta, dict) and isinstance(meta.get("user_id"), str):
-        core["user"] = meta["user_id"]
+        req.user = meta["user_id"]
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
             raise invalid("'tools' must be an array.", "tools")
-        core["tools"] = [_tool_to_core(t, f"tools[{i}]") for i, t in enumerate(tools)]
+        req.tools = [_tool_in(t, f"tools[{i}]") for i, t in enumerate(tools)]
     choice = body.get("tool_choice")
     if choice is not None:
-        core["tool_choice"] = _tool_choice_to_core(choice)
-    for k in EXTENSIONS:
-        if k in body:
-            core[k] = body[k]
-    return core
+        req.tool_choice = _tool_choice_in(choice)
+    req.prompt = body.get("prompt")
+    req.grounding = body.get("grounding")
+    return req
 
 
-def _tool_to_core(t: Any, where: str) -> dict[str, Any]:
+def _tool_in(t: Any, where: str) -> Tool:
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise invalid(f"'{where}' must be a tool with a 'name' and an 'input_schema'.", where)
     if t.get("type") not in (None, "custom"):
         raise invalid(f"'{where}.type' {t.get('type')!r}: only client tools (name, input_schema) are supported.", f"{where}.type")
-    fn: dict[str, Any] = {"name": t["name"], "parameters": t.get("input_schema") or {"type": "object"}}
-    if t.get("description"):
-        fn["description"] = t["description"]
-    return {"type": "function", "function": fn}
+    return Tool(t["name"], t.get("input_schema") or {"type": "object"}, t.get("description") or None)
 
 
-def _tool_choice_to_core(choice: Any) -> Any:
+def _tool_choice_in(choice: Any) -> ToolChoice:
     kind = choice.get("type") if isinstance(choice, dict) else None
     if kind == "auto":
-        return "auto"
+        return ToolChoice("auto")
     if kind == "any":
-        return "required"
+        return ToolChoice("required")
     if kind == "none":
-        return "none"
+        return ToolChoice("none")
     if kind == "tool" and isinstance(choice.get("name"), str):
-        return {"type": "function", "function": {"name": choice["name"]}}
+        return ToolChoice("tool", choice["name"])
     raise invalid("'tool_choice' must be {type: auto | any | none} or {type: tool, name}.", "tool_choice")
 
 
-def _message_to_core(m: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _message_in(m: dict[str, Any], where: str) -> list[Message]:
     role, content = m["role"], m.get("content")
     if isinstance(content, str):
-        return [{"role": role, "content": content}]
+        return [Message(role, [Text(content)])]
     if not isinstance(content, list):
         raise invalid(f"'{where}.content' must be a string or an array of content blocks.", f"{where}.content")
-    parts: list[dict[str, Any]] = []
-    calls: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
+    parts: list[Part] = []
+    calls: list[Part] = []
+    out: list[Message] = []  # tool results first: each its own tool turn
     for j, b in enumerate(content):
         bw = f"{where}.content[{j}]"
         kind = b.get("type") if isinstance(b, dict) else None
         if kind == "text" and isinstance(b.get("text"), str):
-            parts.append({"type": "text", "text": b["text"]})
+            parts.append(Text(b["text"]))
         elif kind == "image" and role == "user":
             parts.append(_image_part(b, bw))
         elif kind == "tool_use" and role == "assistant":
-            calls.append({"id": str(b.get("id", "")), "type": "function",
-                          "function": {"name": str(b.get("name", "")), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+            calls.append(ToolCall(str(b.get("id", "")), str(b.get("name", "")), orjson.dumps(b.get("input") or {}).decode()))
         elif kind == "tool_result" and role == "user":
             text = _text_of(b.get("content"), f"{bw}.content")
             if b.get("is_error"):
                 text = f"[tool error] {text}"
-            results.append({"role": "tool", "tool_call_id": str(b.get("tool_use_id", "")), "content": text})
+            out.append(Message("tool", [ToolResult(str(b.get("tool_use_id", "")), [Text(text)])]))
         else:
             raise invalid(f"'{bw}.type' {kind!r} is not supported in a {role} message "
                           "(text, image, tool_use from the assistant, tool_result from the user).", f"{bw}.type")
-    out: list[dict[str, Any]] = list(results)
     if role == "assistant":
-        msg: dict[str, Any] = {"role": "assistant", "content": "".join(p["text"] for p in parts) or None}
-        if calls:
-            msg["tool_calls"] = calls
-        out.append(msg)
+        text = "".join(p.text for p in parts if isinstance(p, Text))
+        out.append(Message("assistant", ([Text(text)] if text else []) + calls))
     elif parts:
-        only_text = all(p["type"] == "text" for p in parts)
-        out.append({"role": "user", "content": "\n".join(p["text"] for p in parts) if only_text and len(parts) == 1 else parts})
+        if len(parts) == 1 and isinstance(parts[0], Text):
+            out.append(Message("user", parts))
+        else:
+            out.append(Message("user", parts, plain=False))
     return out
 
 
@@ -290,8 +294,8 @@ class MessagesStreamEncoder:
 
 # ---- the provider: core request -> Messages request, and replies back ---------------------
 
-def request_from_core(core: dict[str, Any], model: str) -> dict[str, Any]:
-    """The core request (Chat Completions shape) as a Messages request for ``model``."""
+def request_out(req: Request, model: str) -> dict[str, Any]:
+    """The neutral request as a Messages request for ``model``."""
     system: list[str] = []
     msgs: list[dict[str, Any]] = []
 
@@ -301,60 +305,60 @@ def request_from_core(core: dict[str, Any], model: str) -> dict[str, Any]:
         else:
             msgs.append({"role": role, "content": blocks})
 
-    for m in core.get("messages") or ():
-        role, content = m.get("role"), m.get("content")
+    for m in req.messages:
+        role = m.role
         if role in ("system", "developer"):
-            system.append(content if isinstance(content, str) else " ".join(p.get("text", "") for p in content or () if isinstance(p, dict)))
+            texts = [p.text for p in m.parts if isinstance(p, Text) and (m.plain or p.kind == "text")]
+            system.append("".join(texts) if m.plain else " ".join(texts))
         elif role == "tool":
-            add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": content if isinstance(content, str) else ""}])
+            tr = m.tool_result
+            content = "".join(p.text for p in tr.parts if isinstance(p, Text)) if tr is not None and tr.plain else ""
+            add("user", [{"type": "tool_result", "tool_use_id": tr.call_id if tr is not None else "", "content": content}])
         elif role in ("user", "assistant"):
             blocks: list[dict[str, Any]] = []
-            if isinstance(content, str) and content:
-                blocks.append({"type": "text", "text": content})
-            elif isinstance(content, list):
-                for p in content:
-                    if p.get("type") == "text":
-                        blocks.append({"type": "text", "text": p.get("text", "")})
-                    elif p.get("type") == "image_url":
-                        url = (p.get("image_url") or {}).get("url", "")
-                        if url.startswith("data:") and ";base64," in url:
-                            media, data = url[5:].split(";base64,", 1)
-                            blocks.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
-                        else:
-                            blocks.append({"type": "image", "source": {"type": "url", "url": url}})
-            for call in m.get("tool_calls") or ():
-                fn = call.get("function") or {}
+            for p in m.parts:
+                if isinstance(p, Text) and (p.kind == "text" if not m.plain else p.text):
+                    blocks.append({"type": "text", "text": p.text})
+                elif isinstance(p, Image):
+                    url = p.url
+                    if url.startswith("data:") and ";base64," in url:
+                        media, data = url[5:].split(";base64,", 1)
+                        blocks.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+                    else:
+                        blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+            for call in m.tool_calls:
                 try:
-                    args = orjson.loads(fn.get("arguments") or "{}")
+                    args = orjson.loads(call.arguments or "{}")
                 except orjson.JSONDecodeError:
                     args = {}
-                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": args})
+                blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": args})
             add(role, blocks or [{"type": "text", "text": ""}])
     out: dict[str, Any] = {"model": model, "messages": msgs,
-                           "max_tokens": core.get("max_completion_tokens") or core.get("max_tokens") or DEFAULT_MAX_TOKENS}
+                           "max_tokens": req.extras.get("max_completion_tokens") or req.max_tokens or DEFAULT_MAX_TOKENS}
     if system:
         out["system"] = "\n\n".join(system)
-    for k in ("temperature", "top_p", "stream"):
-        if core.get(k) is not None:
-            out[k] = core[k]
-    stop = core.get("stop")
+    for k in ("temperature", "top_p"):
+        if getattr(req, k) is not None:
+            out[k] = getattr(req, k)
+    if req.stream:
+        out["stream"] = True
+    elif req.extras.get("stream") is not None:
+        out["stream"] = req.extras["stream"]
+    stop = req.stop
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if core.get("tools"):
-        out["tools"] = [{"name": t["function"]["name"], "description": t["function"].get("description", ""),
-                         "input_schema": t["function"].get("parameters") or {"type": "object"}} for t in core["tools"] if t.get("type") == "function"]
-    choice = core.get("tool_choice")
-    if choice == "auto":
-        out["tool_choice"] = {"type": "auto"}
-    elif choice == "required":
-        out["tool_choice"] = {"type": "any"}
-    elif choice == "none":
-        out["tool_choice"] = {"type": "none"}
-    elif isinstance(choice, dict):
-        out["tool_choice"] = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
-    if isinstance(core.get("user"), str):
-        out["metadata"] = {"user_id": core["user"]}
+    if req.tools:
+        out["tools"] = [{"name": t.name, "description": t.description or "", "input_schema": t.parameters or {"type": "object"}}
+                        for t in req.tools if t.raw is None or t.raw.get("type") == "function"]
+    choice = req.tool_choice
+    if choice is not None:
+        out["tool_choice"] = {"type": "tool", "name": choice.name or ""} if choice.mode == "tool" else {"type": MESSAGES_CHOICE[choice.mode]}
+    if req.user is not None:
+        out["metadata"] = {"user_id": req.user}
     return out
+
+
+MESSAGES_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
 
 
 def reply_to_core(msg: dict[str, Any], model: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.errors import invalid
 from gateway.model.reply import Choice, ChoiceDelta, Chunk, Reply, ToolCallDelta, Usage
 from gateway.model.request import (
     Image,
@@ -31,6 +32,43 @@ from gateway.model.request import (
 
 _TYPED_PARAMS = (("temperature", (int, float)), ("top_p", (int, float)), ("max_tokens", (int,)), ("user", (str,)))
 _MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+
+# ---- validation of the sampling fields (every door's, named as Chat names them) ------------
+
+def type_name(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def expect(body: dict[str, Any], name: str, types: tuple[type, ...], desc: str, required: bool = False) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise invalid(f"Missing required parameter: '{name}'.", name)
+        return None
+    v = body[name]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        raise invalid(f"Invalid type for '{name}': expected {desc}, but got {type_name(v)}.", name)
+    return v
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    v = expect(body, name, (int, float), "a number")
+    if v is not None and not lo <= v <= hi:
+        raise invalid(f"Invalid value for '{name}': {v} is outside [{lo}, {hi}].", name)
+
+
+def check_sampling(body: dict[str, Any]) -> None:
+    expect(body, "stream", (bool,), "a boolean")
+    opts = expect(body, "stream_options", (dict,), "an object")
+    if opts is not None and "include_usage" in opts and not isinstance(opts["include_usage"], bool):
+        raise invalid("Invalid type for 'stream_options.include_usage': expected a boolean.", "stream_options.include_usage")
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        v = expect(body, name, (int,), "an integer")
+        if v is not None and v < 1:
+            raise invalid(f"Invalid value for '{name}': must be >= 1.", name)
+    expect(body, "user", (str,), "a string")
+
 
 # ---- request in ----------------------------------------------------------------------------
 
@@ -62,7 +100,9 @@ def part_in(p: Any) -> Part:
 
 
 def message_in(m: dict[str, Any]) -> Message:
-    role = m["role"]
+    if not isinstance(m, dict):  # not a turn at all (validation refuses it; kept for tools that skip it)
+        return Message("", [Opaque(m)])
+    role = str(m.get("role"))
     content = m.get("content")
     if isinstance(content, str):
         parts: list[Part] = [Text(content)]
@@ -99,7 +139,10 @@ def _tool_in(t: Any) -> Tool:
     if isinstance(fn, dict) and t.get("type") == "function" and len(t) == 2 and isinstance(fn.get("name"), str) \
             and set(fn) <= {"name", "description", "parameters", "strict"}:
         return Tool(fn["name"], fn.get("parameters"), fn.get("description"), fn.get("strict"))
-    name = fn.get("name") if isinstance(fn, dict) else (t.get("name") if isinstance(t, dict) else None)
+    if isinstance(fn, dict) and isinstance(t, dict) and t.get("type") == "function":
+        name = fn.get("name")
+        return Tool(name if isinstance(name, str) else "", fn.get("parameters"), fn.get("description"), fn.get("strict"), raw=t)
+    name = t.get("name") if isinstance(t, dict) else None
     return Tool(name if isinstance(name, str) else "", raw=t if isinstance(t, dict) else {"value": t})
 
 
@@ -126,7 +169,7 @@ def _format_in(f: Any) -> ResponseFormat | None:
 def request_in(body: dict[str, Any]) -> Request:
     """A validated Chat Completions body as the neutral request."""
     extras = dict(body)
-    req = Request(model=extras.pop("model"), messages=[message_in(m) for m in extras.pop("messages")])
+    req = Request(model=str(extras.pop("model", "")), messages=[message_in(m) for m in extras.pop("messages", None) or ()])
     if extras.get("stream") is True:
         del extras["stream"]
         req.stream = True
@@ -154,6 +197,15 @@ def request_in(body: dict[str, Any]) -> Request:
         req.grounding = extras.pop("grounding")
     req.extras = extras
     return req
+
+
+def content_param(i: int, m: Message, path: tuple[int, ...]) -> str:
+    """The Chat name of the text at ``path`` in turn ``i`` (error messages and params)."""
+    base = f"messages[{i}].content"
+    rest = path[1:] if m.role == "tool" and m.parts and isinstance(m.parts[0], ToolResult) else path
+    if m.plain or not rest:
+        return base
+    return base + f"[{rest[0]}]" + (f".content[{rest[1]}]" if len(rest) > 1 else "")
 
 
 # ---- request out ---------------------------------------------------------------------------
@@ -190,9 +242,11 @@ def _text(parts: Sequence[Part]) -> str:
     return "".join(p.text for p in parts if isinstance(p, Text))
 
 
-def message_out(m: Message) -> dict[str, Any]:
+def message_out(m: Message) -> Any:
     if m.raw is not None:
         return m.raw
+    if m.role == "" and len(m.parts) == 1 and isinstance(m.parts[0], Opaque):
+        return m.parts[0].data
     out: dict[str, Any] = {"role": m.role}
     if m.role == "tool" and (tr := m.tool_result) is not None:
         out["content"] = (_text(tr.parts) if tr.parts else None) if tr.plain else [part_out(q) for q in tr.parts]

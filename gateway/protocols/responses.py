@@ -1,9 +1,9 @@
-"""OpenAI Responses API <-> the gateway's core request shape (the ``/v1/responses`` door).
+"""OpenAI Responses API <-> the neutral model (the ``/v1/responses`` door).
 
-``request_to_core``: ``input`` (a string or items: messages with ``input_text`` /
+``request_in``: ``input`` (a string or items: messages with ``input_text`` /
 ``input_image`` / ``output_text`` parts, ``function_call``, ``function_call_output``),
 ``instructions``, function ``tools`` and ``tool_choice``, ``text.format``,
-``max_output_tokens`` and sampling parameters become the core request; an item or tool type
+``max_output_tokens`` and sampling parameters become the neutral request; an item or tool type
 the core cannot carry is a 400 naming it. ``response_from_core`` renders a whole reply as
 a Response object and ``ResponsesStreamEncoder`` renders core stream chunks as the typed
 SSE events (``response.created``, ``response.output_text.delta``, ``response.completed``, ...).
@@ -20,8 +20,9 @@ from typing import Any
 import orjson
 
 from gateway.errors import invalid
+from gateway.model import Message, Request, ResponseFormat, Text, Tool, ToolChoice
+from gateway.protocols import chat
 
-EXTENSIONS = ("prompt", "grounding")
 STATUS = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
 
 
@@ -84,40 +85,33 @@ def items_to_core(items: Any, where: str = "input") -> list[dict[str, Any]]:
     return out
 
 
-def _tools_to_core(tools: Any) -> list[dict[str, Any]]:
+def _tools_in(tools: Any) -> list[Tool]:
     if not isinstance(tools, list):
         raise invalid("'tools' must be an array.", "tools")
     out = []
     for i, t in enumerate(tools):
         if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("name"), str):
             raise invalid(f"'tools[{i}]' must be a function tool {{type: function, name, parameters}}; built-in tools are not served.", f"tools[{i}]")
-        fn: dict[str, Any] = {"name": t["name"], "parameters": t.get("parameters") or {"type": "object"}}
-        if t.get("description"):
-            fn["description"] = t["description"]
-        if t.get("strict") is not None:
-            fn["strict"] = t["strict"]
-        out.append({"type": "function", "function": fn})
+        out.append(Tool(t["name"], t.get("parameters") or {"type": "object"}, t.get("description") or None, t.get("strict")))
     return out
 
 
-def _format_to_core(fmt: Any) -> dict[str, Any] | None:
+def _format_in(fmt: Any) -> ResponseFormat | None:
     if fmt is None:
         return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "text":
         return None
     if kind == "json_object":
-        return {"type": "json_object"}
+        return ResponseFormat("json_object")
     if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
-        js = {"name": fmt.get("name", "response"), "schema": fmt["schema"]}
-        if fmt.get("strict") is not None:
-            js["strict"] = fmt["strict"]
-        return {"type": "json_schema", "json_schema": js}
+        return ResponseFormat("json_schema", fmt.get("name", "response"), fmt["schema"], fmt.get("strict"))
     raise invalid("'text.format' must be {type: text | json_object} or {type: json_schema, name, schema}.", "text.format")
 
 
-def request_to_core(body: Any, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A Responses request as the core request; ``history``: the messages of ``previous_response_id``."""
+def request_in(body: Any, history: list[dict[str, Any]] | None = None) -> tuple[Request, list[dict[str, Any]]]:
+    """A Responses request as the neutral request, and its input items as conversation turns
+    (what a stored response keeps); ``history``: the turns of ``previous_response_id``."""
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
     model = body.get("model")
@@ -131,37 +125,38 @@ def request_to_core(body: Any, history: list[dict[str, Any]] | None = None) -> d
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise invalid("'instructions' must be a string.", "instructions")
-    head = [{"role": "system", "content": instructions}] if instructions else []
-    core: dict[str, Any] = {"model": model, "messages": [*head, *(history or []), *msgs]}
+    head = [Message("system", [Text(instructions)])] if instructions else []
+    req = Request(model=model, messages=[*head, *(chat.message_in(m) for m in (*(history or ()), *msgs))])
     mot = body.get("max_output_tokens")
     if mot is not None:
         if isinstance(mot, bool) or not isinstance(mot, int) or mot < 1:
             raise invalid("'max_output_tokens' must be an integer >= 1.", "max_output_tokens")
-        core["max_tokens"] = mot
-    for k in ("temperature", "top_p", "stream", "user", "parallel_tool_calls"):
-        if body.get(k) is not None:
-            core[k] = body[k]
+        req.max_tokens = mot
+    params = {k: body[k] for k in ("temperature", "top_p", "stream", "user") if body.get(k) is not None}
+    chat.check_sampling(params)
+    req.stream = params.pop("stream", False)
+    for k, v in params.items():
+        setattr(req, k, v)
+    if body.get("parallel_tool_calls") is not None:
+        req.extras["parallel_tool_calls"] = body["parallel_tool_calls"]
     if body.get("tools"):
-        core["tools"] = _tools_to_core(body["tools"])
+        req.tools = _tools_in(body["tools"])
     choice = body.get("tool_choice")
     if choice is not None:
         if choice in ("auto", "none", "required"):
-            core["tool_choice"] = choice
+            req.tool_choice = ToolChoice(choice)
         elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-            core["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+            req.tool_choice = ToolChoice("tool", choice["name"])
         else:
             raise invalid("'tool_choice' must be auto, none, required or {type: function, name}.", "tool_choice")
     text = body.get("text")
     if text is not None:
         if not isinstance(text, dict):
             raise invalid("'text' must be an object {format}.", "text")
-        rf = _format_to_core(text.get("format"))
-        if rf is not None:
-            core["response_format"] = rf
-    for k in EXTENSIONS:
-        if k in body:
-            core[k] = body[k]
-    return core
+        req.response_format = _format_in(text.get("format"))
+    req.prompt = body.get("prompt")
+    req.grounding = body.get("grounding")
+    return req, msgs
 
 
 # ---- core reply -> Response -----------------------------------------------------------------

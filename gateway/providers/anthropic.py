@@ -1,6 +1,6 @@
 """A native Anthropic Messages upstream (``provider: anthropic``), over the app's shared client.
 
-The core request (Chat Completions shape) is translated to ``POST {base_url}/messages``
+The neutral request is translated to ``POST {base_url}/messages``
 and the reply, stream events, tool calls and usage back (``gateway.protocols.anthropic``),
 so any door can be served by a Messages upstream. Transport, timeouts and failure
 translation are the OpenAI provider's.
@@ -16,7 +16,7 @@ import orjson
 
 from gateway.config import TargetSettings
 from gateway.protocols import anthropic as proto
-from gateway.providers.base import TRACEPARENT, StreamReply, UpstreamFailure
+from gateway.providers.base import TRACEPARENT, Payload, StreamReply, UpstreamFailure, neutral
 from gateway.providers.openai import OpenAIProvider
 from gateway.types import Endpoint
 
@@ -33,23 +33,23 @@ class AnthropicProvider(OpenAIProvider):
         self.header_items = list(headers.items())
         self.url = httpx.URL(self.base_url + "/messages")
 
-    def _request(self, endpoint: Endpoint, body: dict[str, Any]) -> httpx.Request:
+    def _request(self, endpoint: Endpoint, body: Payload) -> httpx.Request:
         if endpoint != "chat":
             raise UpstreamFailure("unsupported", f"an anthropic target serves chat only, not {endpoint}")
-        content = orjson.dumps(proto.request_from_core(body, self.target.model))
+        content = orjson.dumps(proto.request_out(neutral(body), self.target.model))
         headers = [*self.header_items, ("host", self.url.netloc.decode("ascii")), ("content-length", str(len(content)))]
         traceparent = TRACEPARENT.get()
         if traceparent is not None:
             headers.append(("traceparent", traceparent))
         return httpx.Request("POST", self.url, content=content, headers=headers, extensions={"timeout": self.timeout})
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
         reply = await super().complete(endpoint, body)
         if reply.get("type") != "message":
             raise UpstreamFailure("status", "the anthropic upstream did not answer with a message", status=502)
         return proto.reply_to_core(reply, self.target.model)
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+    async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:
         reply = await super().stream(endpoint, body)
         return StreamReply(self._decoded(reply.events))
 

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import TargetSettings
+from gateway.model import Request
+from gateway.protocols import chat
 from gateway.types import Endpoint
+
+# what a provider is asked: the neutral request (chat, from any door), or the body of a legacy
+# endpoint (completions, embeddings, moderations) and of in-process callers (guard routes)
+Payload = Request | dict[str, Any]
 
 # the current upstream attempt's W3C traceparent (set by gateway.tracing when tracing is on);
 # providers that call an HTTP upstream send it on
@@ -58,17 +64,29 @@ class Provider(Protocol):
     target: TargetSettings
     capabilities: frozenset[str]
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
         """Non-streaming call; returns the OpenAI-shaped JSON reply."""
         ...
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+    async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:
         """Open a streaming call; returns once the upstream accepted it."""
         ...
 
     async def ready(self) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+def chat_body(payload: Payload, model: str | None = None) -> dict[str, Any]:
+    """The payload as a Chat Completions-shaped body (for upstreams and engines that speak it)."""
+    if isinstance(payload, Request):
+        return chat.request_out(payload, model)
+    return payload if model is None else {**payload, "model": model}
+
+
+def neutral(payload: Payload) -> Request:
+    """The payload as the neutral request (an in-process caller may hand a chat body)."""
+    return payload if isinstance(payload, Request) else chat.request_in(payload)
 
 
 def split_sse(buffer: bytes) -> tuple[list[bytes], bytes]:

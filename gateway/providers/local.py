@@ -25,7 +25,7 @@ import orjson
 
 from gateway.config import TargetSettings
 from gateway.errors import invalid
-from gateway.providers.base import StreamReply, UpstreamFailure
+from gateway.providers.base import Payload, StreamReply, UpstreamFailure, chat_body
 from gateway.types import Endpoint
 
 
@@ -121,7 +121,8 @@ class LocalProvider:
             new = out[0][enc["input_ids"].shape[1]:]
             return self._tok.decode(new, skip_special_tokens=True), int(enc["input_ids"].shape[1]), int(new.shape[0])
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, payload: Payload) -> dict[str, Any]:
+        body = chat_body(payload)
         if endpoint == "embeddings":
             if self.kind != "embeddings":
                 raise UpstreamFailure("unsupported", f"{self.target.key} does not serve embeddings", status=400)
@@ -139,7 +140,8 @@ class LocalProvider:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage}
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+    async def stream(self, endpoint: Endpoint, payload: Payload) -> StreamReply:
+        body = chat_body(payload)
         if self.kind != "chat" or endpoint == "embeddings":
             raise UpstreamFailure("unsupported", f"{self.target.key} cannot stream {endpoint}", status=400)
         return StreamReply(self._stream_events(endpoint, body))

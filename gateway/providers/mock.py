@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from gateway.config import TargetSettings
-from gateway.providers.base import StreamReply, UpstreamFailure
+from gateway.providers.base import Payload, StreamReply, UpstreamFailure, chat_body
 from gateway.types import Endpoint
 
 WORDS = "the quick brown fox jumps over the lazy dog while gatehouse checks every request".split()
@@ -226,17 +226,17 @@ class MockProvider:
         caps = target.capabilities or ("chat", "completions", "embeddings", "streaming")
         self.capabilities: frozenset[str] = frozenset(caps)
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
         model = self.target.model
         await self.engine.delay(model)
         self.engine.check_fault(model)
-        return self.engine.complete(endpoint, model, body)
+        return self.engine.complete(endpoint, model, chat_body(body))
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+    async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:
         model = self.target.model
         await self.engine.delay(model)
         self.engine.check_fault(model)
-        return StreamReply(_one_by_one(self.engine.stream_events(endpoint, model, body)))
+        return StreamReply(_one_by_one(self.engine.stream_events(endpoint, model, chat_body(body))))
 
     async def ready(self) -> bool:
         return True

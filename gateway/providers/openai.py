@@ -10,7 +10,14 @@ import httpx
 import orjson
 
 from gateway.config import TargetSettings
-from gateway.providers.base import TRACEPARENT, StreamReply, UpstreamFailure, split_sse
+from gateway.providers.base import (
+    TRACEPARENT,
+    Payload,
+    StreamReply,
+    UpstreamFailure,
+    chat_body,
+    split_sse,
+)
 from gateway.types import Endpoint
 
 PATHS: dict[str, str] = {
@@ -67,10 +74,8 @@ class OpenAIProvider:
         # lower-level API, so requests go to it directly.
         self.transport: httpx.AsyncBaseTransport = client._transport
 
-    def _request(self, endpoint: Endpoint, body: dict[str, Any]) -> httpx.Request:
-        payload = dict(body)
-        payload["model"] = self.target.model
-        content = orjson.dumps(payload)
+    def _request(self, endpoint: Endpoint, body: Payload) -> httpx.Request:
+        content = orjson.dumps(chat_body(body, self.target.model))
         url = self.urls[endpoint]
         # Host and Content-Length given up front: httpx otherwise fills them in through
         # Headers.setdefault misses, a measurable share of the request's CPU
@@ -83,7 +88,7 @@ class OpenAIProvider:
     async def _send(self, request: httpx.Request) -> httpx.Response:
         return await self.transport.handle_async_request(request)
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
         with self._failures():
             resp = await self._send(self._request(endpoint, body))
             try:
@@ -116,7 +121,7 @@ class OpenAIProvider:
         except httpx.TransportError as exc:
             raise UpstreamFailure("drop", f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+    async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:
         with self._failures():
             resp = await self._send(self._request(endpoint, body))
         if resp.status_code >= 400:
