@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -243,7 +242,9 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
     if req is not None:
         client_wants_usage = req.include_usage
         # ask for usage anyway so the record has token counts; the usage chunk is not forwarded
-        upstream = req if client_wants_usage else dataclasses.replace(req, include_usage=True)
+        # unless the client asked (client_wants_usage), and nothing reads the flag after this
+        req.include_usage = True
+        upstream = req
     else:
         body = ctx.body
         opts = body.get("stream_options") or {}

@@ -100,6 +100,8 @@ def part_in(p: Any) -> Part:
 
 
 def message_in(m: dict[str, Any]) -> Message:
+    if type(m) is dict and len(m) == 2 and type(m.get("content")) is str and type(role := m.get("role")) is str and role != "tool":
+        return Message(role, [Text(m["content"])], None, True, m, None)  # the common turn: role and a string
     if not isinstance(m, dict):  # not a turn at all (validation refuses it; kept for tools that skip it)
         return Message("", [Opaque(m)])
     role = str(m.get("role"))
@@ -169,20 +171,25 @@ def _format_in(f: Any) -> ResponseFormat | None:
 def request_in(body: dict[str, Any]) -> Request:
     """A validated Chat Completions body as the neutral request."""
     extras = dict(body)
-    req = Request(model=str(extras.pop("model", "")), messages=[message_in(m) for m in extras.pop("messages", None) or ()])
+    model = extras.pop("model", "")
+    req = Request(model=model if isinstance(model, str) else str(model), messages=[message_in(m) for m in extras.pop("messages", None) or ()])
+    if not extras:
+        return req
     if extras.get("stream") is True:
         del extras["stream"]
         req.stream = True
     opts = extras.get("stream_options")
-    if isinstance(opts, dict) and opts.get("include_usage") is True:
+    if opts is not None and isinstance(opts, dict) and opts.get("include_usage") is True:
         req.include_usage = True
     for name, types in _TYPED_PARAMS:
-        v = extras.get(name)
-        if v is not None and isinstance(v, types) and not isinstance(v, bool):
-            setattr(req, name, extras.pop(name))
-    stop = extras.get("stop")
-    if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        req.stop = extras.pop("stop")
+        if name in extras:
+            v = extras[name]
+            if v is not None and isinstance(v, types) and not isinstance(v, bool):
+                setattr(req, name, extras.pop(name))
+    if "stop" in extras:
+        stop = extras["stop"]
+        if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+            req.stop = extras.pop("stop")
     if "tools" in extras and isinstance(extras["tools"], list):
         req.tools = [_tool_in(t) for t in extras.pop("tools")]
     if "tool_choice" in extras and (tc := _choice_in(extras["tool_choice"])) is not None:
