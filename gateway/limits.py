@@ -69,18 +69,35 @@ def exceeded(message: str, param: str | None = None) -> GatewayError:
 def deepest(value: Any, limit: int) -> str | None:
     """The path of a field nested deeper than ``limit`` levels, or None. Iterative, so a
     body nested 1,000 levels deep cannot exhaust the stack here."""
-    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    # only containers are pushed, and a node's path is a chain of (parent, key) links
+    # formatted only when it is the answer: the common body costs a walk, not a string per field
+    if not isinstance(value, (dict, list)):
+        return None
+    stack: list[tuple[Any, int, Any]] = [(value, 1, None)]
     while stack:
-        node, depth, path = stack.pop()
-        if isinstance(node, dict):
-            if depth > limit:
-                return path or "<body>"
-            stack.extend((v, depth + 1, f"{path}.{k}" if path else str(k)) for k, v in node.items())
-        elif isinstance(node, list):
-            if depth > limit:
-                return path or "<body>"
-            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(node))
+        node, depth, chain = stack.pop()
+        if depth > limit:
+            return _path(chain) or "<body>"
+        if type(node) is dict:
+            for k, v in node.items():
+                if isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1, (chain, k)))
+        else:
+            for i, v in enumerate(node):
+                if isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1, (chain, i)))
     return None
+
+
+def _path(chain: Any) -> str:
+    keys: list[Any] = []
+    while chain is not None:
+        chain, key = chain
+        keys.append(key)
+    out = ""
+    for key in reversed(keys):
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out
 
 
 def check_depth(value: Any, limit: int, param: str | None = None) -> None:
