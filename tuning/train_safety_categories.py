@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from evaluators.safety import taxonomy as tx
-from evaluators.safety.category_data import CategorySplits, load_category_splits
+from evaluators.safety.category_data import CategorySplits, chunk_rows, load_category_splits
 from evaluators.safety.datasets import Example, rows_sha256
 from evaluators.safety.head import Head, sha256_file
 
@@ -54,6 +54,18 @@ RECOMMENDED_THRESHOLDS: dict[str, float] = {
     **dict.fromkeys(tx.CATEGORIES, 0.8), tx.PROMPT_INJECTION: 0.9,
 }
 BENIGN_SOURCES = {"lookalike", "modern_benign", "bipia_clean"}
+# How the scorer reads a long text (written to the MANIFEST; ``CategoryScorer`` reads it
+# from there): sentence-aligned chunks of at most CHUNK_TOKENS word pieces overlapping by
+# up to CHUNK_OVERLAP, and single sentences scoring at least SENTENCE_MIN, for the
+# categories whose score is a local thing in a long text (a planted instruction, a
+# jailbreak wrapped around a question). SENTENCE_MIN is above the highest single-sentence
+# prompt_injection score of BIPIA's *train* emails (0.90, "In case of problems please
+# contact the relevant service provider"). The measured effect on every category is in
+# docs/safety.md.
+CHUNK_TOKENS = 64
+CHUNK_OVERLAP = 16
+SENTENCE_MIN = 0.95
+CHUNKED_CATEGORIES = (tx.JAILBREAK, tx.PROMPT_INJECTION)
 Encode = Callable[[list[str]], np.ndarray]
 
 
@@ -179,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "evaluators/safety/artifacts/categories"))
     ap.add_argument("--cache", help="embedding cache (.npz) to reuse between runs")
     ap.add_argument("--static-model", help="a model2vec model dir distilled from the same MiniLM, to compare")
+    ap.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS,
+                    help="chunk size (word pieces) the scorer reads long texts in; 0 = no chunks")
+    ap.add_argument("--chunk-overlap", type=int, default=CHUNK_OVERLAP)
+    ap.add_argument("--chunk-rows", action="store_true",
+                    help="experimental: add the chunks of long training texts as rows (docs/safety.md: it raised "
+                         "BIPIA recall but broke two probes, so the shipped head is trained without)")
     args = ap.parse_args(argv)
     from gatehouse_core.datadir import DataDirMissing, data_dir
 
@@ -199,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
 
     embedder = Embedder()
     encode = cached_encoder(embedder.encode, embedder.fingerprint, Path(args.cache) if args.cache else None)
+    if args.chunk_rows and args.chunk_tokens:  # also train on chunks (labels per chunk_rows' rules)
+        splits.train += chunk_rows(splits.train, embedder.tokenizer, args.chunk_tokens, args.chunk_overlap)
+        splits.val += chunk_rows(splits.val, embedder.tokenizer, args.chunk_tokens, args.chunk_overlap)
     head, info = train_heads(splits, encode)
     tests = test_metrics(head, splits, encode)
     comparison: dict[str, Any] = {}
@@ -219,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     head.save(out / HEAD_FILE)
     manifest = {
         "what": "harm-category head (logistic regression per category) on MiniLM sentence embeddings",
-        "command": "python -m tuning.train_safety_categories --data DIR",
+        "command": "python -m tuning.train_safety_categories --data DIR"
+                   + (f" --chunk-tokens {args.chunk_tokens}" if args.chunk_tokens != CHUNK_TOKENS else ""),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "sha256": sha256_file(out / HEAD_FILE),
         "labels": list(head.labels),
@@ -239,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
                        "openings by hash (30% test); lookalikes and modern benign text by frame",
         "categories": info,
         "recommended_thresholds": {c: info[c]["recommended_threshold"] for c in tx.CATEGORIES},
+        "long_texts": {"window_tokens": 254, "window_overlap": 64,
+                       "chunk_tokens": args.chunk_tokens, "chunk_overlap": args.chunk_overlap,
+                       "chunked_categories": list(CHUNKED_CATEGORIES) if args.chunk_tokens else [],
+                       "sentence_min": SENTENCE_MIN, "chunk_rows_trained": bool(args.chunk_rows),
+                       "rule": "every category: max over the text's 254-token windows; chunked_categories: "
+                               "also over its sentence-aligned chunks and its sentences scoring >= sentence_min "
+                               "(texts longer than one chunk); legacy toxicity / identity_attack: also over "
+                               "sentences past one window, as minilm-head"},
         "test_first_window": tests,
         "architecture_comparison": comparison,
         "sources": {

@@ -10,8 +10,11 @@ two small numpy heads on the same vector:
   policies written for ``minilm-head`` keep working unchanged.
 
 So the full category set costs what the toxicity-only check cost: one embedding and a
-(384 x 11) matrix product. Long texts are windows plus sentences, max per category, as
-for ``minilm-head``. English only (``languages``); other languages are reported as
+(384 x 11) matrix product. Long texts: every category is the max over the text's
+254-token windows; ``prompt_injection`` and ``jailbreak`` also over its sentence-aligned
+chunks of 64 tokens and its confident single sentences (a planted instruction is one
+sentence in a long email, diluted in a mean-pooled window); the legacy labels also over
+its sentences, as for ``minilm-head``. The rule is the artifact MANIFEST's ``long_texts``. English only (``languages``); other languages are reported as
 ``unscored_language`` by the policy engine (``evaluators.safety.language``).
 
 A missing or inconsistent artifact is an error at load (a startup error in the gateway).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +33,7 @@ from evaluators.embedding import Embedder
 from evaluators.safety import taxonomy as tx
 from evaluators.safety.head import Head, sha256_file
 from evaluators.safety.minilm_head import DEFAULT_HEAD, WINDOW_OVERLAP, WINDOW_TOKENS, MiniLMScorer
+from evaluators.safety.windows import split_chunks, split_sentences, split_windows
 
 CATEGORIES_DIR = Path(__file__).parent / "artifacts" / "categories"
 HEAD_FILE = "head.npz"
@@ -82,6 +87,64 @@ class CategoryScorer(MiniLMScorer):
             retrain="python -m tuning.train_safety_categories --data DIR",
             window=window, overlap=overlap, max_batch=max_batch, max_wait=max_wait, on_batch=on_batch,
         )
+        self.read_long_texts(self.manifest.get("long_texts"))
+
+    def read_long_texts(self, rule: dict[str, Any] | None) -> None:
+        """How long texts are read: the MANIFEST's ``long_texts`` (so scoring matches what was
+        measured); a different rule only to measure it (``tests/bench/bench_safety_scorer.py``).
+
+        Without a ``long_texts`` entry (older artifacts) every label is the max over the
+        text's windows, plus its sentences past one window, as for ``minilm-head``."""
+        self.chunk_tokens = int(rule.get("chunk_tokens", 0)) if rule else 0
+        self.chunk_overlap = int(rule.get("chunk_overlap", 0)) if rule else 0
+        self.sentence_min = float(rule.get("sentence_min", 1.0)) if rule else 1.0
+        chunked = set(rule.get("chunked_categories", ())) if rule and self.chunk_tokens else set()
+        n_head = len(self.head.labels)
+        self._chunk_cols = [j for j, lbl in enumerate(self.labels) if lbl in chunked]
+        # legacy toxicity / identity_attack keep minilm-head's reading (windows and sentences)
+        self._sentence_cols = list(range(n_head, len(self.labels))) if rule else list(range(len(self.labels)))
+
+    def units(self, text: str) -> list[str]:
+        return list(dict.fromkeys(u for group in self._unit_groups(text) for u in group))
+
+    def _unit_groups(self, text: str) -> tuple[list[str], list[str], list[str], list[str]]:
+        """(token windows, sentences past one window, chunks, sentences past one chunk).
+
+        A text that fits one window is its only window (so grounding's cache lookup of
+        the same text hits); one that fits a chunk has no chunks and no sentences."""
+        tok = self.tokenizer
+        windows = split_windows(text, tok, self.window, self.overlap)
+        chunks = split_chunks(text, tok, self.chunk_tokens, self.chunk_overlap) if self._chunk_cols else [text]
+        if len(windows) == 1 and len(chunks) == 1:
+            return windows, [], [], []
+        sentences = [piece for s in split_sentences(text) for piece in split_windows(s, tok, self.window, self.overlap)]
+        return (windows, sentences if len(windows) > 1 else [], chunks if len(chunks) > 1 else [],
+                sentences if len(chunks) > 1 else [])
+
+    def score_batch(self, texts: list[str]) -> list[dict[str, float]]:
+        """Blocking: one ``{label: probability}`` per text. Every unit of every text in the
+        batch (windows, chunks, sentences; each distinct piece once) goes through one
+        ``encode`` call. Every label is the max over the text's windows; the legacy labels
+        also over its sentences (past one window); ``chunked_categories`` also over its
+        chunks, and over its sentences where a sentence alone scores at least
+        ``sentence_min`` (a planted "ignore previous instructions ..." line: ordinary email
+        sentences such as "If you have any questions, just reply to this email" score up to
+        0.90 on their own, so a lone sentence must be surer than that to count)."""
+        if not texts:
+            return []
+        index: dict[str, int] = {}
+        plans = [[[index.setdefault(u, len(index)) for u in g] for g in self._unit_groups(t)] for t in texts]
+        probs = self._score_windows(list(index))
+        gated = np.where(probs >= self.sentence_min, probs, 0.0)
+        out = []
+        for windows, sentences, chunks, chunk_sentences in plans:
+            row = probs[windows].max(axis=0)
+            for p, cols, units in ((probs, self._sentence_cols, sentences), (probs, self._chunk_cols, chunks),
+                                   (gated, self._chunk_cols, chunk_sentences)):
+                if units and cols:
+                    row[cols] = np.maximum(row[cols], p[np.ix_(units, cols)].max(axis=0))
+            out.append({label: float(row[j]) for j, label in enumerate(self.labels)})
+        return out
 
     def _score_windows(self, texts: Sequence[str]) -> np.ndarray:
         x = self.embedder.encode(list(texts))

@@ -42,6 +42,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from evaluators.safety import taxonomy as tx
 from evaluators.safety.attack_templates import attacks as written_attacks
@@ -242,7 +243,7 @@ def load_category_splits(data_dir: str | Path, *, seed: int = 0) -> CategorySpli
                     cut = cut if cut > 0 else len(e) // 2
                     text = e[:cut] + "\n" + a + "\n" + e[cut:]
                 sp_a = sp or ("val" if _bucket(f"bipia-a:{k}") == 0 else "train")
-                s.add(sp_a, "bipia_attacks", Example(text, {tx.PROMPT_INJECTION: 1}, "bipia_attack", pos))
+                s.add(sp_a, "bipia_attacks", Example(text, {tx.PROMPT_INJECTION: 1}, "bipia_attack", pos, planted=a))
 
     # HateCheck: hate (and threat), split by template group
     for split, ex in hatecheck_examples(need["hatecheck"]):
@@ -278,6 +279,45 @@ def load_category_splits(data_dir: str | Path, *, seed: int = 0) -> CategorySpli
     return s
 
 
+def chunk_rows(rows: list[Example], tokenizer: Any, chunk: int, overlap: int) -> list[Example]:
+    """Training rows for the sentence-aligned chunks the scorer reads long texts in.
+
+    The scorer takes a text's ``prompt_injection`` and ``jailbreak`` score as the max over
+    its chunks (``split_chunks``), so the head must see chunks. Only labels a chunk
+    inherits honestly are given: a chunk of a text that is negative for a category is
+    negative for it; a positive text's chunk is unlabelled for that category (which
+    chunk carries the harm is unknown), except for a planted BIPIA attack, where the
+    chunk holding the whole attack is ``prompt_injection`` and a chunk with none of it
+    is a clean email piece (negative for everything). Texts that fit one chunk add nothing.
+    """
+    from evaluators.safety.windows import split_chunks
+
+    out: list[Example] = []
+    for r in rows:
+        pieces = split_chunks(r.text, tokenizer, chunk, overlap)
+        if len(pieces) == 1:
+            continue
+        start = r.text.find(r.planted) if r.planted else -1
+        pos = 0
+        for piece in pieces:
+            at = r.text.find(piece, pos)
+            pos = max(pos, at)
+            if start >= 0:
+                if r.planted in piece:
+                    labels = {tx.PROMPT_INJECTION: 1}
+                elif at + len(piece) <= start or at >= start + len(r.planted):
+                    labels = _labels({}, True)
+                else:
+                    continue  # part of the attack: neither clean nor the whole attack
+                source = "bipia_attack" if labels.get(tx.PROMPT_INJECTION) else "bipia_clean"
+            else:
+                labels = {c: v for c, v in r.labels.items() if v == 0}
+                source = r.source
+            if labels:  # under its text's source, so chunks do not shift the per-source weights
+                out.append(Example(piece, labels, source, f"chunk:{r.group}"))
+    return out
+
+
 def _stratified(rows: list[dict[str, str]], n: int, seed: str) -> list[dict[str, str]]:
     """``n`` rows keeping the label mix (rows sorted first, so the draw is reproducible)."""
     rng = random.Random(seed)
@@ -299,4 +339,4 @@ def _benign_questions(seed: int) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["CategorySplits", "load_category_splits", "openai_rows", "request_category"]
+__all__ = ["CategorySplits", "chunk_rows", "load_category_splits", "openai_rows", "request_category"]

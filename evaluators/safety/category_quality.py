@@ -10,11 +10,13 @@ What it measures (held-out splits of ``evaluators.safety.category_data``):
   = any harm category at or above its recommended threshold);
 - jailbreak recall on held-out jailbreak templates (filled with held-out questions);
 - output side: GPTFuzz replies to held-out questions, complied vs refused;
-- injection recall and false positives on BIPIA's test split, and recall on the held-out
+- injection recall (by where the attack sits) and false positives on BIPIA's test split,
+  and recall on the held-out
   frames of our written direct injections and threats (``attack_templates``);
 - HateCheck held-out template groups (hate, threat);
 - block rate on held-out benign lookalikes and held-out modern benign questions and
-  replies; the flag rate on held-out hh-rlhf red-team openings (no ground truth);
+  replies, and on long benign prose (*Alice*, ~1,500-character passages, never trained
+  on); the flag rate on held-out hh-rlhf red-team openings (no ground truth);
 - the must-block probes and their benign twins;
 - the same numbers for a cascade whose guard tier is a perfect oracle: a text the scorer
   would pass but with some category score in the uncertain band [lo, threshold) is
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +36,7 @@ import numpy as np
 from evaluators.safety import SafetyScorer
 from evaluators.safety import taxonomy as tx
 from evaluators.safety.category_data import OPENAI_LABELS, CategorySplits, openai_rows
-from evaluators.safety.datasets import Example
+from evaluators.safety.datasets import PROSE_TEST_BOOK, Example
 
 HARM = (tx.VIOLENCE, tx.CRIME, tx.SELF_HARM, tx.SEXUAL, tx.SEXUAL_MINORS, tx.HATE, tx.THREAT)
 INPUT = tx.CATEGORIES  # what an input rule blocks on: every harm category, jailbreak and injection
@@ -87,6 +90,24 @@ class _Cascade:
         return local, local
 
 
+def alice_passages(book: Path, chars: int = 1500) -> list[str]:
+    """Consecutive paragraphs of *Alice* (after the contents) joined up to ~``chars`` characters:
+    long benign prose, to see what reading long texts in windows and chunks flags."""
+    from evaluators.safety.datasets import _paragraphs
+
+    if not book.exists():
+        return []
+    text = book.read_text(encoding="utf-8")
+    out: list[str] = []
+    cur = ""
+    for p in _paragraphs(text[text.index("CHAPTER I.\n") :]):
+        if cur and len(cur) + len(p) > chars:
+            out.append(cur)
+            cur = ""
+        cur = f"{cur}\n\n{p}" if cur else p
+    return out + ([cur] if cur else [])
+
+
 def _rate(xs: list[bool]) -> float | None:
     return round(float(np.mean(xs)), 4) if xs else None
 
@@ -106,8 +127,6 @@ def evaluate(
     sc: dict[str, list[dict[str, float]]] = {name: _scores(scorer, rows) for name, rows in splits.test.items()}
 
     # 1. OpenAI moderation, held-out half, per paper label
-    from pathlib import Path
-
     raw = [(ex, lab) for split, ex, lab in openai_rows(Path(data_dir) / "openai_moderation" / "samples-1680.jsonl.gz")
            if split == "test"]
     by_text = dict(zip([r.text for r in splits.test["openai_moderation"]], sc["openai_moderation"], strict=True))
@@ -157,6 +176,10 @@ def evaluate(
         idx = [i for i, r in enumerate(wa) if r.labels.get(cat)]
         sets[f"written_{cat}_recall"] = recall_rows([wa[i] for i in idx], [ws[i] for i in idx], (cat,), True)
     sets["bipia_injection_recall"] = recall_rows(splits.test["bipia_attacks"], sc["bipia_attacks"], (tx.PROMPT_INJECTION,), True)
+    by_pos: dict[str, list[bool]] = {}
+    for r, sco in zip(splits.test["bipia_attacks"], sc["bipia_attacks"], strict=True):
+        by_pos.setdefault(r.group, []).append(cascade.blocked(sco, (tx.PROMPT_INJECTION,)))
+    sets["bipia_injection_recall"]["by_position"] = {k: _rate(v) for k, v in sorted(by_pos.items())}
     sets["bipia_clean_false_positives"] = recall_rows(splits.test["bipia_clean"], sc["bipia_clean"], (tx.PROMPT_INJECTION,), False)
     hc, hs = splits.test["hatecheck"], sc["hatecheck"]
     for cat in (tx.HATE, tx.THREAT):
@@ -172,6 +195,13 @@ def evaluate(
     for part in ("question", "identity", "reply"):
         idx = [i for i, r in enumerate(mb) if r.group.startswith(part)]
         sets[f"benign_modern_{part}s_blocked"] = recall_rows([mb[i] for i in idx], [ms[i] for i in idx], INPUT, False)
+    # long benign prose, never trained on by this head: Alice, ~1,500-character passages
+    passages = alice_passages(Path(data_dir) / "gutenberg" / PROSE_TEST_BOOK)
+    if passages:
+        ps = _scores(scorer, [Example(t, {}, "alice_prose") for t in passages])
+        sets["alice_passages_blocked"] = recall_rows([Example(t, {}, "alice_prose") for t in passages], ps, INPUT, False)
+        sets["alice_passages_blocked"]["by_category"] = {
+            c: _rate([s.get(c, 0.0) >= thresholds.get(c, 0.5) for s in ps]) for c in INPUT}
     sets["hh_redteam_openings_flagged"] = {"n": len(sc["hh_redteam_openings"]),
                                            "rate": _rate([cascade.blocked(s, INPUT) for s in sc["hh_redteam_openings"]])}
     rep["escalated_overall"] = round(cascade.escalated / max(1, cascade.seen), 4)
@@ -222,6 +252,9 @@ def format_report(rep: dict[str, Any]) -> str:
             lines.append(f"  {name:40} {m['n']:5d}  pos {m['positives']}  AUPRC {_f(m['auprc'])}  ROC-AUC {_f(m['roc_auc'])}")
         else:
             row(name, m)
+            for key in ("by_position", "by_category"):
+                if key in m:
+                    lines.append(f"      {key.replace('_', ' ')}: " + ", ".join(f"{k} {_f(v)}" for k, v in m[key].items()))
             if "by_imitated_category" in m:
                 lines.append("      by imitated category: " + ", ".join(f"{k} {_f(v)}" for k, v in m["by_imitated_category"].items()))
     lines.append(f"\n  texts escalated overall (sets above): {rep['escalated_overall']:.3f}")

@@ -99,6 +99,7 @@ class Example:
     source: str
     group: str = ""  # template / functionality, for breakdowns
     mentions_identity: bool = False
+    planted: str = ""  # an attack inserted into ``text`` (BIPIA), so its chunks can be labelled
 
 
 @dataclass

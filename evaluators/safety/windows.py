@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +46,54 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 def split_sentences(text: str) -> list[str]:
     """Rough sentence split (terminal punctuation or newlines); empty pieces dropped."""
     return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s]
+
+
+def split_chunks(text: str, tokenizer: Any, chunk: int, overlap: int) -> list[str]:
+    """Sentence-aligned pieces of ``text`` of at most ``chunk`` tokens.
+
+    Whole sentences are packed greedily into a chunk; the next chunk starts with the
+    trailing sentences of the previous one that fit in ``overlap`` tokens, so a
+    two-sentence instruction cut at a chunk boundary is still whole in one chunk. A
+    sentence longer than ``chunk`` is cut into token windows (``split_windows``). A text
+    of at most ``chunk`` tokens is returned unchanged. One tokenizer call per text;
+    chunks are character slices of the original text.
+    """
+    if chunk < 1 or not 0 <= overlap < chunk:
+        raise ValueError(f"need chunk >= 1 and 0 <= overlap < chunk, got {chunk}, {overlap}")
+    if len(text) <= chunk:
+        return [text]
+    offsets = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
+    )["offset_mapping"]
+    n = len(offsets)
+    if n <= chunk:
+        return [text]
+    starts = [a for a, _ in offsets]
+    # sentences as token ranges [a, b): the tokens that start inside each sentence's span
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for cut in [m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)]:
+        a, b = bisect.bisect_left(starts, pos), bisect.bisect_left(starts, cut)
+        while b - a > chunk:  # a run-on sentence: token windows of it
+            spans.append((a, a + chunk))
+            a += chunk - overlap
+        if b > a:
+            spans.append((a, b))
+        pos = cut
+    out: list[str] = []
+    i = 0
+    while i < len(spans):
+        j = i
+        while j + 1 < len(spans) and spans[j + 1][1] - spans[i][0] <= chunk:
+            j += 1
+        out.append(text[offsets[spans[i][0]][0] : offsets[spans[j][1] - 1][1]])
+        if j == len(spans) - 1:
+            break
+        k = j + 1  # the next chunk: back up over whole sentences that fit in the overlap
+        while k - 1 > i and spans[j][1] - spans[k - 1][0] <= overlap:
+            k -= 1
+        i = k
+    return out
 
 
 class WindowedScorer:

@@ -8,6 +8,9 @@ A script, not a test. In one process, on the same texts and the same shared int8
 - ``categories``: the new default (9 harm categories + the 2 legacy labels);
 - language detection (``evaluators.safety.language.detect``), which the policy engine
   adds per checked text;
+- ``categories`` on long texts (~100 to ~400 tokens), reading them in 254-token windows
+  only vs. also in 64-token sentence-aligned chunks for injections and jailbreaks (the
+  shipped rule): the cost of chunking;
 - optionally ``--static-model DIR``: a model2vec static embedding (distilled from the same
   MiniLM) with a linear head, i.e. the cost of a static first tier.
 
@@ -35,6 +38,17 @@ TEXTS = [
     "to track progress over the coming week.",
     "What is the capital of Australia, and why isn't it Sydney?",
 ]
+
+
+# ~100-, ~200- and ~400-token texts: an email a tool returns, a retrieved passage, a long reply
+_EMAIL = (
+    "Hi team, thanks again for a great quarter. We will meet in the hotel lobby at 8:30 on Tuesday "
+    "and take the shuttle to the venue together. Breakfast is served from 7:00, and lunch will be "
+    "catered, so please tell Marco about any dietary requirements by Friday. The agenda has three "
+    "blocks: a review of the roadmap, customer interviews after lunch, and a planning workshop that "
+    "ends at 17:00. Please bring your laptop and the notes from your last two customer calls.\n\n"
+)
+LONG_TEXTS = [_EMAIL, _EMAIL * 2, _EMAIL * 4]
 
 
 def timed(fn: Any, iters: int) -> tuple[float, float]:
@@ -80,6 +94,14 @@ def main() -> None:
         "categories (9 + 2 legacy)": (lambda i: new.score_batch([TEXTS[i % n]]), args.iters),
         "language detect": (lambda i: detect(TEXTS[i % n]), args.iters * 20),
     }
+    # long texts: the cost of reading injections and jailbreaks in 64-token chunks as well as
+    # in 254-token windows, against the same scorer reading windows only
+    plain = load_scorer(SafetySettings(backend="categories"), embedder=emb)
+    rule = dict(new.manifest.get("long_texts") or {})  # type: ignore[attr-defined]
+    plain.read_long_texts({**rule, "chunked_categories": []} if rule else None)  # type: ignore[attr-defined]
+    m = len(LONG_TEXTS)
+    fns["categories, long texts, windows only"] = (lambda i: plain.score_batch([LONG_TEXTS[i % m]]), args.iters // 4)
+    fns["categories, long texts, + chunks"] = (lambda i: new.score_batch([LONG_TEXTS[i % m]]), args.iters // 4)
     if args.static_model:
         import numpy as np
         from model2vec import StaticModel
