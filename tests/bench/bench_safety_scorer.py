@@ -8,9 +8,9 @@ A script, not a test. In one process, on the same texts and the same shared int8
 - ``categories``: the new default (9 harm categories + the 2 legacy labels);
 - language detection (``evaluators.safety.language.detect``), which the policy engine
   adds per checked text;
-- ``categories`` on long texts (~100 to ~400 tokens), reading them in 254-token windows
-  only vs. also in 64-token sentence-aligned chunks for injections and jailbreaks (the
-  shipped rule): the cost of chunking;
+- ``categories`` on long texts (~100 to ~400 tokens) as read before (254-token windows;
+  sentences past one window for the legacy labels) vs. also in 64-token sentence-aligned
+  chunks and sentences for injections and jailbreaks (the shipped rule): the cost of chunking;
 - optionally ``--static-model DIR``: a model2vec static embedding (distilled from the same
   MiniLM) with a linear head, i.e. the cost of a static first tier.
 
@@ -94,14 +94,15 @@ def main() -> None:
         "categories (9 + 2 legacy)": (lambda i: new.score_batch([TEXTS[i % n]]), args.iters),
         "language detect": (lambda i: detect(TEXTS[i % n]), args.iters * 20),
     }
-    # long texts: the cost of reading injections and jailbreaks in 64-token chunks as well as
-    # in 254-token windows, against the same scorer reading windows only
+    # long texts: the cost of reading injections and jailbreaks in 64-token chunks and sentences
+    # as well as in 254-token windows, against the same scorer without (the reading before:
+    # windows, and sentences past one window for the legacy labels)
     plain = load_scorer(SafetySettings(backend="categories"), embedder=emb)
     rule = dict(new.manifest.get("long_texts") or {})  # type: ignore[attr-defined]
     plain.read_long_texts({**rule, "chunked_categories": []} if rule else None)  # type: ignore[attr-defined]
     m = len(LONG_TEXTS)
-    fns["categories, long texts, windows only"] = (lambda i: plain.score_batch([LONG_TEXTS[i % m]]), args.iters // 4)
-    fns["categories, long texts, + chunks"] = (lambda i: new.score_batch([LONG_TEXTS[i % m]]), args.iters // 4)
+    fns["categories, long texts, before"] = (lambda i: plain.score_batch([LONG_TEXTS[i % m]]), args.iters // 4)
+    fns["categories, long texts, chunked"] = (lambda i: new.score_batch([LONG_TEXTS[i % m]]), args.iters // 4)
     if args.static_model:
         import numpy as np
         from model2vec import StaticModel
