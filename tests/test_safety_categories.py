@@ -157,6 +157,10 @@ def test_chunks_are_sentence_aligned_overlapping_and_within_the_limit(scorer: Ca
     # every sentence is whole in some chunk
     for sentence in ("Expense your taxis as usual and keep the receipts.", "Please bring your laptop"):
         assert any(sentence in c for c in chunks)
+    # a chat-sized text (over one chunk, under chunk_min_tokens) is one forward, as before
+    reply = " ".join(EMAIL.split("\n\n")[2].split()[:60])
+    assert 64 < len(tok(reply, add_special_tokens=False)["input_ids"]) <= scorer.chunk_min_tokens
+    assert scorer.units(reply) == [reply]
     run_on = "word " * 300  # one sentence longer than a chunk: token windows of it
     assert all(len(tok(c, add_special_tokens=False)["input_ids"]) <= 64 for c in split_chunks(run_on, tok, 64, 16))
 

@@ -64,6 +64,10 @@ BENIGN_SOURCES = {"lookalike", "modern_benign", "bipia_clean"}
 # docs/safety.md.
 CHUNK_TOKENS = 64
 CHUNK_OVERLAP = 16
+# only texts longer than two chunks are chunked: a chat reply of ~80 tokens would otherwise
+# cost ~6 more forwards for injection categories an output rule rarely checks (the guardrail
+# benchmark's full check set went from ~1.0x to 1.8x the toxicity-only CPU per request)
+CHUNK_MIN_TOKENS = 128
 SENTENCE_MIN = 0.95
 CHUNKED_CATEGORIES = (tx.JAILBREAK, tx.PROMPT_INJECTION)
 Encode = Callable[[list[str]], np.ndarray]
@@ -263,11 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         "recommended_thresholds": {c: info[c]["recommended_threshold"] for c in tx.CATEGORIES},
         "long_texts": {"window_tokens": 254, "window_overlap": 64,
                        "chunk_tokens": args.chunk_tokens, "chunk_overlap": args.chunk_overlap,
+                       "chunk_min_tokens": CHUNK_MIN_TOKENS,
                        "chunked_categories": list(CHUNKED_CATEGORIES) if args.chunk_tokens else [],
                        "sentence_min": SENTENCE_MIN, "chunk_rows_trained": bool(args.chunk_rows),
                        "rule": "every category: max over the text's 254-token windows; chunked_categories: "
                                "also over its sentence-aligned chunks and its sentences scoring >= sentence_min "
-                               "(texts longer than one chunk); legacy toxicity / identity_attack: also over "
+                               "(texts longer than chunk_min_tokens); legacy toxicity / identity_attack: also over "
                                "sentences past one window, as minilm-head"},
         "test_first_window": tests,
         "architecture_comparison": comparison,

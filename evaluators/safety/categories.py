@@ -97,6 +97,7 @@ class CategoryScorer(MiniLMScorer):
         text's windows, plus its sentences past one window, as for ``minilm-head``."""
         self.chunk_tokens = int(rule.get("chunk_tokens", 0)) if rule else 0
         self.chunk_overlap = int(rule.get("chunk_overlap", 0)) if rule else 0
+        self.chunk_min_tokens = int(rule.get("chunk_min_tokens", 0)) if rule else 0
         self.sentence_min = float(rule.get("sentence_min", 1.0)) if rule else 1.0
         chunked = set(rule.get("chunked_categories", ())) if rule and self.chunk_tokens else set()
         n_head = len(self.head.labels)
@@ -111,10 +112,12 @@ class CategoryScorer(MiniLMScorer):
         """(token windows, sentences past one window, chunks, sentences past one chunk).
 
         A text that fits one window is its only window (so grounding's cache lookup of
-        the same text hits); one that fits a chunk has no chunks and no sentences."""
+        the same text hits); one of at most ``chunk_min_tokens`` has no chunks and no
+        sentences (a chat reply of ~80 tokens costs one forward, as before)."""
         tok = self.tokenizer
         windows = split_windows(text, tok, self.window, self.overlap)
-        chunks = split_chunks(text, tok, self.chunk_tokens, self.chunk_overlap) if self._chunk_cols else [text]
+        chunks = (split_chunks(text, tok, self.chunk_tokens, self.chunk_overlap, self.chunk_min_tokens)
+                  if self._chunk_cols else [text])
         if len(windows) == 1 and len(chunks) == 1:
             return windows, [], [], []
         sentences = [piece for s in split_sentences(text) for piece in split_windows(s, tok, self.window, self.overlap)]

@@ -48,25 +48,25 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s]
 
 
-def split_chunks(text: str, tokenizer: Any, chunk: int, overlap: int) -> list[str]:
+def split_chunks(text: str, tokenizer: Any, chunk: int, overlap: int, min_tokens: int = 0) -> list[str]:
     """Sentence-aligned pieces of ``text`` of at most ``chunk`` tokens.
 
     Whole sentences are packed greedily into a chunk; the next chunk starts with the
     trailing sentences of the previous one that fit in ``overlap`` tokens, so a
     two-sentence instruction cut at a chunk boundary is still whole in one chunk. A
     sentence longer than ``chunk`` is cut into token windows (``split_windows``). A text
-    of at most ``chunk`` tokens is returned unchanged. One tokenizer call per text;
-    chunks are character slices of the original text.
+    of at most ``max(chunk, min_tokens)`` tokens is returned unchanged. One tokenizer call
+    per text; chunks are character slices of the original text.
     """
     if chunk < 1 or not 0 <= overlap < chunk:
         raise ValueError(f"need chunk >= 1 and 0 <= overlap < chunk, got {chunk}, {overlap}")
-    if len(text) <= chunk:
+    if len(text) <= max(chunk, min_tokens):  # a token covers at least one character
         return [text]
     offsets = tokenizer(
         text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
     )["offset_mapping"]
     n = len(offsets)
-    if n <= chunk:
+    if n <= max(chunk, min_tokens):
         return [text]
     starts = [a for a, _ in offsets]
     # sentences as token ranges [a, b): the tokens that start inside each sentence's span
