@@ -11,10 +11,11 @@ two small numpy heads on the same vector:
 
 So the full category set costs what the toxicity-only check cost: one embedding and a
 (384 x 11) matrix product. Long texts: every category is the max over the text's
-254-token windows; ``prompt_injection`` and ``jailbreak`` also over its sentence-aligned
-chunks of 64 tokens and its confident single sentences (a planted instruction is one
-sentence in a long email, diluted in a mean-pooled window); the legacy labels also over
-its sentences, as for ``minilm-head``. The rule is the artifact MANIFEST's ``long_texts``. English only (``languages``); other languages are reported as
+254-token windows; past 128 tokens ``prompt_injection`` and ``jailbreak`` also over its
+sentence-aligned chunks of 64 tokens and its confident single sentences (a planted
+instruction is one sentence in a long email, diluted in a mean-pooled window); the legacy
+labels also over its sentences past one window, as for ``minilm-head``. The rule is the
+artifact MANIFEST's ``long_texts``. English only (``languages``); other languages are reported as
 ``unscored_language`` by the policy engine (``evaluators.safety.language``).
 
 A missing or inconsistent artifact is an error at load (a startup error in the gateway).
@@ -131,8 +132,8 @@ class CategoryScorer(MiniLMScorer):
         also over its sentences (past one window); ``chunked_categories`` also over its
         chunks, and over its sentences where a sentence alone scores at least
         ``sentence_min`` (a planted "ignore previous instructions ..." line: ordinary email
-        sentences such as "If you have any questions, just reply to this email" score up to
-        0.90 on their own, so a lone sentence must be surer than that to count)."""
+        sentences such as "In case of problems please contact the relevant service provider"
+        score up to 0.90 on their own, so a lone sentence must be surer than that to count)."""
         if not texts:
             return []
         index: dict[str, int] = {}
