@@ -65,7 +65,7 @@ BENIGN_SOURCES = {"lookalike", "modern_benign", "bipia_clean"}
 CHUNK_TOKENS = 64
 CHUNK_OVERLAP = 16
 # only texts longer than two chunks are chunked: a chat reply of ~80 tokens would otherwise
-# cost ~6 more forwards for injection categories an output rule rarely checks (the guardrail
+# cost several more forwards for injection categories an output rule rarely checks (the guardrail
 # benchmark's full check set went from ~1.0x to 1.8x the toxicity-only CPU per request)
 CHUNK_MIN_TOKENS = 128
 SENTENCE_MIN = 0.95
