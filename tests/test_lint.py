@@ -1,7 +1,9 @@
-"""``make lint`` is part of the test run: its ruff command, read from the Makefile.
+"""``make lint`` is part of the test run: its ruff and mypy commands, read from the Makefile.
 
-Run with the venv's own tools (the ``install`` prerequisite is not run); ruff takes well
-under a second.
+Run with the venv's own tools (the ``install`` prerequisite is not run). ruff takes well
+under a second. mypy keeps its cache in the checkout's ``.mypy_cache``; measured on the
+2-core dev box while other suites loaded it (load average ~10), 2026-12-03: warm 7-9 s
+wall; cold (a fresh checkout's first run) 80 s of CPU, 275 s wall.
 """
 
 from __future__ import annotations
@@ -44,3 +46,7 @@ def test_the_makefile_lints_every_package() -> None:
 def test_ruff() -> None:
     run(lint_commands()["ruff"])
 
+
+@pytest.mark.slow
+def test_mypy() -> None:
+    run(lint_commands()["mypy"])
