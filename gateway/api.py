@@ -21,9 +21,9 @@ from gateway.config import LimitSettings
 from gateway.cost import COST_HEADER, STREAM_TEXT, format_cost, request_text
 from gateway.doors import DOOR, StreamEncoder
 from gateway.errors import ErrorKind, GatewayError, invalid
-from gateway.model import Request
+from gateway.model import END, Chunk, Reply, Request, Usage
 from gateway.protocols import chat
-from gateway.protocols.chat import check_sampling, expect, type_name
+from gateway.protocols.chat import check_sampling, chunk_bytes, expect, type_name
 from gateway.providers import StreamReply, UpstreamFailure
 from gateway.routing import Attempt
 from gateway.types import Endpoint, RequestContext, StreamBlocked, StreamFilter
@@ -88,41 +88,15 @@ def validate(endpoint: Endpoint, body: Any) -> dict[str, Any]:
 
 # ---- usage bookkeeping -----------------------------------------------------------
 
-def take_usage(ctx: RequestContext, usage: Any) -> None:
-    if isinstance(usage, dict):
+def take_usage(ctx: RequestContext, usage: Usage | None) -> None:
+    if usage is not None:
         rec = ctx.record
-        rec.prompt_tokens = usage.get("prompt_tokens")
-        rec.completion_tokens = usage.get("completion_tokens")
-        rec.total_tokens = usage.get("total_tokens")
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-            rec.cached_tokens = details["cached_tokens"]
+        rec.prompt_tokens = usage.prompt_tokens
+        rec.completion_tokens = usage.completion_tokens
+        rec.total_tokens = usage.total_tokens
+        if usage.cached_tokens is not None:
+            rec.cached_tokens = usage.cached_tokens
 
-
-def _finish_reason(reply: dict[str, Any]) -> str | None:
-    choices = reply.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        return choices[0].get("finish_reason")
-    return None
-
-
-def chunk_text(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices")
-    if not choices:
-        return ""
-    out = []
-    for c in choices:
-        delta = c.get("delta")
-        if isinstance(delta, dict):
-            t = delta.get("content")
-            if isinstance(t, str):
-                out.append(t)
-        elif isinstance(c.get("text"), str):
-            out.append(c["text"])
-    return "".join(out)
-
-
-# ---- handlers --------------------------------------------------------------------
 
 def headers_list(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in ctx.response_headers.items()]
@@ -179,29 +153,40 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
         await handle_stream(rt, ctx, endpoint, route, send, receive)
         return
     att = Attempt()
+    answer: Reply | dict[str, Any]
     if ctx.short_circuit is not None:
-        reply = ctx.short_circuit
+        answer = ctx.short_circuit
         ctx.record.target = "cache"
     else:
         try:
             payload = ctx.request if ctx.request is not None else ctx.body
-            reply = await rt.router.complete(route, endpoint, payload, _sticky(ctx), att)
+            answer = await rt.router.complete(route, endpoint, payload, _sticky(ctx), att)
         finally:
             _record_attempt(ctx, att)
+    if not isinstance(answer, Reply):  # embeddings: the upstream's JSON, passed on
+        await _send_json(rt, ctx, answer, send)
+        return
+    reply = answer
     for stage in reversed(rt.stages):
         reply = await stage.on_response(ctx, reply)
     if not ctx.record.cache_hit:  # a cached answer used no upstream tokens
-        take_usage(ctx, reply.get("usage"))
-    ctx.record.finish_reason = _finish_reason(reply)
-    if isinstance(reply.get("model"), str):
-        ctx.record.response_model = reply["model"]
+        take_usage(ctx, reply.usage)
+    ctx.record.finish_reason = reply.finish_reason
+    if reply.model:
+        ctx.record.response_model = reply.model
     cost = settle_cost(rt, ctx, reply)
     if cost is not None and rt.meter.header:
         ctx.response_headers[COST_HEADER] = format_cost(cost)
-    if rt.log_bodies:
-        ctx.record.response_body = reply
     door = ctx.state.get(DOOR)
-    body = orjson.dumps(reply) if door is None else door.render(ctx, reply)
+    if door is None:
+        out = chat.reply_out(reply, "text_completion" if ctx.endpoint == "completions" else "chat.completion")
+        body = orjson.dumps(out)
+        if rt.log_bodies:
+            ctx.record.response_body = out
+    else:
+        body = door.render(ctx, reply)
+        if rt.log_bodies:
+            ctx.record.response_body = chat.reply_out(reply)
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers_list(ctx)]})
     await send({"type": "http.response.body", "body": body})
@@ -209,7 +194,23 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
         await door.after(rt, ctx)
 
 
-def settle_cost(rt: Runtime, ctx: RequestContext, reply: dict[str, Any] | None = None) -> float | None:
+async def _send_json(rt: Runtime, ctx: RequestContext, reply: dict[str, Any], send: Send) -> None:
+    """A reply that is not a chat reply (embeddings) goes out as the upstream's JSON."""
+    if not ctx.record.cache_hit:
+        take_usage(ctx, chat.usage_in(reply.get("usage")))
+    if isinstance(reply.get("model"), str):
+        ctx.record.response_model = reply["model"]
+    cost = settle_cost(rt, ctx)
+    if cost is not None and rt.meter.header:
+        ctx.response_headers[COST_HEADER] = format_cost(cost)
+    if rt.log_bodies:
+        ctx.record.response_body = reply
+    ctx.record.status = 200
+    await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers_list(ctx)]})
+    await send({"type": "http.response.body", "body": orjson.dumps(reply)})
+
+
+def settle_cost(rt: Runtime, ctx: RequestContext, reply: Reply | None = None) -> float | None:
     """The one place a request's cost is settled (idempotent: a whole reply settles before its
     headers, streams and failures when the handler is done); budgets and the record read it."""
     return rt.meter.settle(ctx.record, ctx, reply)
@@ -315,7 +316,7 @@ async def _wait_disconnect(receive: Receive) -> None:
 async def _pump(
     ctx: RequestContext,
     reply: StreamReply,
-    first: list[bytes],
+    first: list[Chunk],
     filters: list[StreamFilter],
     client_wants_usage: bool,
     send: Send,
@@ -328,7 +329,7 @@ async def _pump(
     door's ``enc`` renders every core chunk in its protocol's events."""
     rec = ctx.record
     batches = reply.events
-    batch: list[bytes] | None = first
+    batch: list[Chunk] | None = first
     clock = time.perf_counter
     out: list[bytes] = []
 
@@ -340,49 +341,42 @@ async def _pump(
             out.clear()
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def release(chunks: list[dict[str, Any]]) -> None:
+    kind = "chat.completion.chunk" if ctx.endpoint == "chat" else "text_completion"
+
+    async def release(chunks: list[Chunk]) -> None:
         for c in chunks:
-            out.append(sse(orjson.dumps(c)) if enc is None else enc.chunk(c))
+            out.append(sse(chunk_bytes(c, kind)) if enc is None else enc.chunk(c))
 
     try:
         done = False
         while batch is not None and not done:
-            for ev in batch:
-                if ev == b"[DONE]":
+            for chunk in batch:
+                if chunk is END:
                     for f in filters:
                         await release(await f.finish())
                     out.append(b"data: [DONE]\n\n" if enc is None else enc.done(rec.completion_tokens))
                     done = True
                     break
-                try:
-                    chunk = orjson.loads(ev)
-                except orjson.JSONDecodeError:
-                    chunk = None
-                if isinstance(chunk, dict):
-                    if rec.response_model is None and isinstance(chunk.get("model"), str):
-                        rec.response_model = chunk["model"]
-                    text = chunk_text(chunk)
-                    streamed.append(text)
-                    if chunk.get("usage"):
-                        take_usage(ctx, chunk["usage"])
-                        if not chunk.get("choices") and not client_wants_usage:
-                            continue
-                    fr = _finish_reason(chunk)
-                    if fr:
-                        rec.finish_reason = fr
-                    if filters:
-                        pending = [chunk]
-                        for f in filters:
-                            nxt: list[dict[str, Any]] = []
-                            for c in pending:
-                                nxt.extend(await f.feed(c, chunk_text(c)))
-                            pending = nxt
-                        await release(pending)
+                if rec.response_model is None and chunk.model:
+                    rec.response_model = chunk.model
+                streamed.append(chunk.text)
+                if chunk.usage is not None:
+                    take_usage(ctx, chunk.usage)
+                    if not chunk.choices and not client_wants_usage:
                         continue
-                if enc is None:
-                    out.append(b"data: " + ev + b"\n\n")
-                elif isinstance(chunk, dict):
-                    out.append(enc.chunk(chunk))
+                fr = chunk.finish_reason
+                if fr:
+                    rec.finish_reason = fr
+                if filters:
+                    pending = [chunk]
+                    for f in filters:
+                        nxt: list[Chunk] = []
+                        for c in pending:
+                            nxt.extend(await f.feed(c))
+                        pending = nxt
+                    await release(pending)
+                    continue
+                out.append(sse(chunk_bytes(chunk, kind)) if enc is None else enc.chunk(chunk))
             await flush()
             if done:
                 break

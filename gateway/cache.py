@@ -16,8 +16,9 @@ produced under.
 Never stored: streaming requests (the cache only sees whole replies; streamed
 requests bypass it and get no header), replies with any verdict whose action is
 ``block``, ``flag`` or ``redact`` (input or output), replies with a
-``content_filter`` finish reason, anything that is not a complete
-``choices`` reply, and bodies over ``MAX_ENTRY_BYTES``. Output guardrails run
+``content_filter`` finish reason, a reply without choices, and bodies over
+``MAX_ENTRY_BYTES``. The entry is the neutral reply in its canonical (Chat)
+serialisation, so a hit on one door replays on another in that door's shape. Output guardrails run
 before ``on_response`` here (stages unwind in reverse), so their verdicts are in
 ``ctx.record.verdicts`` by then.
 
@@ -37,6 +38,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gateway.model import Reply
 from gateway.protocols import chat
 from gateway.types import BaseStage, RequestContext, Stage
 
@@ -66,19 +68,18 @@ def cache_key(ctx: RequestContext, prefix: str) -> tuple[str, str | None]:
     return f"{prefix}cache:{quote(ctx.caller.tenant, safe='')}:{h}", policy_version
 
 
-def storable(ctx: RequestContext, response: dict[str, Any]) -> str | None:
+def storable(ctx: RequestContext, reply: Reply) -> str | None:
     """Why this reply must not be cached, or None when it may be."""
     for v in ctx.record.verdicts:
         if v.action in UNSAFE_ACTIONS:
             return f"verdict:{v.action}"
-    choices = response.get("choices")
-    if not isinstance(choices, list) or not choices:
+    if not reply.choices:
         return "no-choices"
-    if any(isinstance(c, dict) and c.get("finish_reason") == "content_filter" for c in choices):
+    if any(c.finish_reason == "content_filter" for c in reply.choices):
         return "content_filter"
     if ctx.record.finish_reason == "content_filter":
         return "content_filter"
-    if response.get("error") is not None:
+    if reply.extra.get("error") is not None:
         return "error"
     return None
 
@@ -127,26 +128,28 @@ class CacheStage(BaseStage):
             response = entry["response"]
             if not isinstance(response, dict):
                 raise TypeError("response is not an object")
+            reply = chat.reply_in(response)
         except Exception as exc:
             self._error("decode", exc)
             return
         self._results.labels("hit").inc()
         ctx.state[STATE]["hit"] = True
-        ctx.short_circuit = response
+        ctx.short_circuit = reply  # any door renders it in its own protocol
         ctx.record.cache_hit = True
         ctx.response_headers[HEADER] = "hit"
 
-    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
+    async def on_response(self, ctx: RequestContext, reply: Reply) -> Reply:
         st = ctx.state.get(STATE)
         if not st or st["hit"] or st["no_store"]:
-            return response
-        why = storable(ctx, response)
+            return reply
+        why = storable(ctx, reply)
         if why is not None:
             self._skipped.labels(why.split(":")[0]).inc()
-            return response
+            return reply
         data = orjson.dumps(
             {
-                "response": response,
+                # the neutral reply in its canonical (Chat) serialisation, read back by any door
+                "response": chat.reply_out(reply),
                 "stored_at": time.time(),
                 "policy_version": ctx.record.policy_version or st["policy_version"],
                 "prompt_version": ctx.record.prompt_version,
@@ -154,12 +157,12 @@ class CacheStage(BaseStage):
         )
         if len(data) > MAX_ENTRY_BYTES:
             self._skipped.labels("too_large").inc()
-            return response
+            return reply
         try:
             await self.redis.set(st["key"], data, ex=self.ttl)
         except Exception as exc:
             self._error("set", exc)
-        return response
+        return reply
 
     def _error(self, op: str, exc: BaseException) -> None:
         self._errors.labels(op).inc()

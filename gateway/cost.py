@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway.config import PriceSettings, Settings
 from gateway.metrics import Metrics
+from gateway.model import Reply
 from gateway.types import RequestContext, TrafficRecord
 
 log = logging.getLogger("gatehouse.cost")
@@ -61,17 +62,8 @@ def request_text(body: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def reply_text(reply: Mapping[str, Any]) -> str:
-    out: list[str] = []
-    for c in reply.get("choices") or ():
-        if not isinstance(c, Mapping):
-            continue
-        msg = c.get("message")
-        if isinstance(msg, Mapping) and isinstance(msg.get("content"), str):
-            out.append(msg["content"])
-        elif isinstance(c.get("text"), str):
-            out.append(c["text"])
-    return "".join(out)
+def reply_text(reply: Reply) -> str:
+    return reply.text()
 
 
 def price_of(price: PriceSettings, prompt: int, completion: int, cached: int = 0) -> float:
@@ -157,7 +149,7 @@ class Meter:
         if ctx.record.model in self.route_prices:
             ctx.state[STREAM_TEXT] = []
 
-    def settle(self, record: TrafficRecord, ctx: RequestContext | None, reply: Mapping[str, Any] | None = None) -> float | None:
+    def settle(self, record: TrafficRecord, ctx: RequestContext | None, reply: Reply | None = None) -> float | None:
         """Compute, record and count the cost (once); returns it (None: unpriced or nothing to charge)."""
         if record.currency is not None:  # settled already
             return record.cost

@@ -1,5 +1,6 @@
-"""Doors other than Chat Completions: each turns its protocol into the core request on the
-way in and renders the core reply (or stream) in its own shape on the way out, so every
+"""Doors other than Chat Completions: each turns its protocol into the neutral request on the
+way in and renders the neutral reply (``Reply``) or stream (``Chunk``s) in its own shape on
+the way out (the Chat door's are ``chat.reply_out`` / ``chat.chunk_bytes``, in the handler), so every
 stage (prompts, grounding, cache, guardrails with the streaming hold-back, rate limits,
 cost, the traffic record) governs it exactly as it governs the Chat door.
 
@@ -16,7 +17,7 @@ import orjson
 
 from gateway import limits
 from gateway.errors import ErrorKind, GatewayError
-from gateway.model import Request
+from gateway.model import Chunk, Reply, Request
 from gateway.protocols import anthropic, responses
 from gateway.types import RequestContext
 
@@ -24,7 +25,7 @@ DOOR = "door"  # ctx.state key
 
 
 class StreamEncoder(Protocol):
-    def chunk(self, chunk: dict[str, Any]) -> bytes: ...
+    def chunk(self, chunk: Chunk) -> bytes: ...
 
     def done(self, output_tokens: int | None = None) -> bytes: ...
 
@@ -38,7 +39,7 @@ class Door(Protocol):
 
     async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> Request: ...
 
-    def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes: ...
+    def render(self, ctx: RequestContext, reply: Reply) -> bytes: ...
 
     def encoder(self, ctx: RequestContext) -> StreamEncoder: ...
 
@@ -54,7 +55,7 @@ class MessagesDoor:
     async def to_core(self, rt: Any, ctx: RequestContext, body: Any) -> Request:
         return anthropic.request_in(body)
 
-    def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes:
+    def render(self, ctx: RequestContext, reply: Reply) -> bytes:
         return orjson.dumps(anthropic.reply_from_core(reply, ctx.model))
 
     def encoder(self, ctx: RequestContext) -> StreamEncoder:
@@ -90,7 +91,7 @@ class ResponsesDoor:
         ctx.state[STATE] = {"id": responses.new_id("resp"), "body": body, "store": store, "conversation": [*history, *turns]}
         return core
 
-    def render(self, ctx: RequestContext, reply: dict[str, Any]) -> bytes:
+    def render(self, ctx: RequestContext, reply: Reply) -> bytes:
         st = ctx.state[STATE]
         st["final"] = responses.response_from_core(st["id"], st["body"], reply, ctx.model)
         return orjson.dumps(st["final"])

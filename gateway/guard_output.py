@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from evaluators.pii import redact
-from gateway.errors import GatewayError, invalid
 from gateway.guard_verdicts import block_message, merge_verdicts, note_role, public_detail
+from gateway.model import Choice, Chunk, Message, Reply, Text, ToolCall
 from gateway.types import RequestContext, StreamBlocked, Verdict
 from policies.engine import Outcome
 from policies.policy_set import Rule
@@ -30,131 +30,39 @@ if TYPE_CHECKING:
 Setter = Callable[[str], None]
 
 
-# content parts that carry no text for a check to read (the model gets them as they are)
-NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file"})
+def _withhold(choice: Choice, results: dict[str, Any]) -> None:
+    """End a choice as filtered: no text, ``finish_reason: content_filter`` and why."""
+    m = choice.message
+    m.replace([Text(""), *m.tool_calls])
+    m.plain = True
+    choice.finish_reason = "content_filter"
+    choice.filter_results = results
 
 
-def part_texts(parts: list[Any], param: str) -> list[tuple[str, Setter]]:
-    """Every text in a content-part list, each with a setter for redaction.
-
-    Any part that carries a string ``text`` is text, whatever its type says (``text``,
-    ``input_text``, ``output_text``, ``Text``, no type, a type we have never seen);
-    ``refusal`` parts carry ``refusal``; ``tool_result`` parts carry ``content`` (a string
-    or more parts). Images, audio and files carry no text. Anything else cannot be read
-    by the checks and is refused with a 400 naming it, never passed on unchecked.
-    """
-    out: list[tuple[str, Setter]] = []
-    for j, part in enumerate(parts):
-        where = f"{param}[{j}]"
-        if isinstance(part, str):
-            out.append((part, functools.partial(parts.__setitem__, j)))
-            continue
-        if not isinstance(part, dict):
-            raise invalid(f"'{where}' is {type(part).__name__}, not a content part the gateway can check.", where)
-        kind = part.get("type")
-        if isinstance(part.get("text"), str):
-            out.append((part["text"], functools.partial(part.__setitem__, "text")))
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            out.append((part["refusal"], functools.partial(part.__setitem__, "refusal")))
-        elif kind == "tool_result" and isinstance(part.get("content"), str):
-            out.append((part["content"], functools.partial(part.__setitem__, "content")))
-        elif kind == "tool_result" and isinstance(part.get("content"), list):
-            out.extend(part_texts(part["content"], f"{where}.content"))
-        elif kind not in NON_TEXT_PARTS:
-            raise invalid(
-                f"'{where}' has content part type {kind!r}, which the gateway cannot read, so it cannot be checked; "
-                f"send text as {{\"type\": \"text\", \"text\": ...}}.",
-                f"{where}.type",
-            )
-    return out
-
-
-def _tool_calls(choice: dict[str, Any]) -> list[dict[str, Any]]:
-    """The function objects of a whole reply's tool calls (their ``arguments`` are text)."""
-    msg = choice.get("message")
-    calls = msg.get("tool_calls") if isinstance(msg, dict) else None
-    out = []
-    for c in calls if isinstance(calls, list) else ():
-        fn = c.get("function") if isinstance(c, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-            out.append(fn)
-    return out
-
-
-def _chunk_tool_args(chunk: dict[str, Any]) -> str:
-    """The tool-call argument text a streamed chunk carries (``delta.tool_calls[].function.arguments``)."""
-    out = []
-    for c in chunk.get("choices") or ():
-        delta = c.get("delta") if isinstance(c, dict) else None
-        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-        for call in calls if isinstance(calls, list) else ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                out.append(fn["arguments"])
-    return "".join(out)
-
-
-def _choice_text(choice: dict[str, Any]) -> str | None:
-    msg = choice.get("message")
-    if isinstance(msg, dict):
-        c = msg.get("content")
-        return c if isinstance(c, str) else None
-    t = choice.get("text")
-    return t if isinstance(t, str) else None
-
-
-def _withhold(choice: dict[str, Any]) -> None:
-    """A reply part the checks cannot read is not released: the choice ends as filtered."""
-    _set_choice_text(choice, "")
-    choice["finish_reason"] = "content_filter"
-    choice["content_filter_results"] = {"unreadable": {"filtered": True}}
-
-
-def _set_choice_text(choice: dict[str, Any], text: str) -> None:
-    if isinstance(choice.get("message"), dict):
-        choice["message"]["content"] = text
-    else:
-        choice["text"] = text
-
-
-def _set_chunk_text(chunk: dict[str, Any], text: str) -> None:
-    for c in chunk.get("choices") or []:
-        delta = c.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            delta["content"] = text
-            text = ""
-        elif isinstance(c.get("text"), str):
-            c["text"] = text
-            text = ""
+def _set_arguments(m: Message, call: ToolCall, text: str) -> None:
+    call.arguments = text
+    m.raw = None
 
 
 async def check_reply(
-    stage: GuardrailStage, ctx: RequestContext, rules: list[Rule], response: dict[str, Any], record: Callable[[list[Verdict]], None]
-) -> dict[str, Any]:
+    stage: GuardrailStage, ctx: RequestContext, rules: list[Rule], reply: Reply, record: Callable[[list[Verdict]], None]
+) -> Reply:
     """The output rules on a whole reply: each choice's text and tool-call arguments are
     checked; a redaction rewrites them, a block empties the choice and ends it with
     ``finish_reason: content_filter``. ``record`` puts the verdicts on the record."""
-    choices = response.get("choices")
-    if not isinstance(choices, list):
-        return response
-    # per choice: its text (assistant) and each tool call's arguments (tool_call)
-    targets: list[tuple[dict[str, Any], str, str, Setter]] = []
-    for c in choices:
-        if not isinstance(c, dict):
-            continue
-        if t := _choice_text(c):
-            targets.append((c, "assistant", t, functools.partial(_set_choice_text, c)))
-        msg = c.get("message")
-        if isinstance(msg, dict) and isinstance(msg.get("content"), list):  # a reply in content parts
-            try:
-                targets.extend((c, "assistant", t, set_) for t, set_ in part_texts(msg["content"], "content") if t)
-            except GatewayError:  # a part we cannot read: the reply is not released unchecked
-                _withhold(c)
-        for fn in _tool_calls(c):
-            if fn["arguments"]:
-                targets.append((c, "tool_call", fn["arguments"], functools.partial(fn.__setitem__, "arguments")))
+    # per choice: its texts (assistant) and each tool call's arguments (tool_call)
+    targets: list[tuple[Choice, str, str, Setter]] = []
+    for c in reply.choices:
+        m = c.message
+        if m.unreadable() is not None:  # a part we cannot read: the reply is not released unchecked
+            _withhold(c, {"unreadable": {"filtered": True}})
+        else:
+            targets.extend((c, "assistant", t, functools.partial(m.set_text, path)) for path, t in m.texts() if t)
+        for call in m.tool_calls:
+            if call.arguments:
+                targets.append((c, "tool_call", call.arguments, functools.partial(_set_arguments, m, call)))
     if not targets:
-        return response
+        return reply
     async with stage._admitted(len(targets), ctx, force=True):
         outcomes = await asyncio.gather(*(stage._evaluate(rules, "output", role, t) for _, role, t, _ in targets))
     record([v for o in outcomes for v in o.verdicts])
@@ -164,22 +72,18 @@ async def check_reply(
             set_text(o.text)
         if o.blocked and id(choice) not in worst:
             worst[id(choice)] = o
-    for choice in choices:
-        found = worst.get(id(choice)) if isinstance(choice, dict) else None
-        if found is None:
+    for choice in reply.choices:
+        found = worst.get(id(choice))
+        if found is None or not found.blocked or found.blocked_by is None:
             continue
-        o = found
-        if o.blocked and o.blocked_by is not None:
-            v = o.blocked_by
-            _set_choice_text(choice, "")
-            choice["finish_reason"] = "content_filter"
-            choice["content_filter_results"] = {
-                v.category: {"filtered": True, "rule": v.rule, "check": v.check, **public_detail(v)}
-            }
-            msg = choice.get("message")
-            if isinstance(msg, dict) and msg.get("tool_calls"):
-                msg["tool_calls"] = None
-    return response
+        v = found.blocked_by
+        had_calls = bool(choice.message.tool_calls)
+        _withhold(choice, {v.category: {"filtered": True, "rule": v.rule, "check": v.check, **public_detail(v)}})
+        if had_calls:  # the calls are withdrawn, as the Chat reply says with ``tool_calls: null``
+            m = choice.message
+            m.replace([Text("")])
+            m.extra = {**(m.extra or {}), "tool_calls": None}
+    return reply
 
 
 class HoldbackFilter:
@@ -190,7 +94,7 @@ class HoldbackFilter:
     checked and, if it passes, the pending chunks are released in order.
     Chunks without text queue behind pending text so order is kept.
     With several rules the smallest hold-back and the largest context win.
-    Tool-call arguments (``delta.tool_calls[].function.arguments``) are held and
+    Tool-call arguments (``ToolCallDelta.arguments``) are held and
     checked the same way, in their own window, by the rules scoped to ``tool_call``;
     a ``redact`` there ends the stream (argument fragments are JSON being built).
     """
@@ -204,22 +108,23 @@ class HoldbackFilter:
         self.context_chars = max(r.stream.context_chars for r in rules)
         self.text_rules = [r for r in rules if r.covers("output", "assistant")]
         self.call_rules = [r for r in rules if r.covers("output", "tool_call")]
-        self.pending: list[tuple[dict[str, Any], str, str, float]] = []  # chunk, text, tool-call args, t
+        self.pending: list[tuple[Chunk, str, str, float]] = []  # chunk, text, tool-call args, t
         self.pending_chars = 0
         self.context = ""
         self.call_context = ""
         self.offset = 0  # characters of the reply already released
         self._seen: set[tuple[str, str, str, str]] = set()
 
-    async def feed(self, chunk: dict[str, Any], text: str) -> list[dict[str, Any]]:
-        args = _chunk_tool_args(chunk) if self.call_rules else ""
+    async def feed(self, chunk: Chunk) -> list[Chunk]:
+        text = chunk.text
+        args = chunk.tool_arguments if self.call_rules else ""
         self.pending.append((chunk, text, args, time.perf_counter()))
         self.pending_chars += len(text) + len(args)
         if self.pending_chars == 0 or self.pending_chars >= self.holdback:
             return await self._flush()
         return []
 
-    async def finish(self) -> list[dict[str, Any]]:
+    async def finish(self) -> list[Chunk]:
         return await self._flush()
 
     def _blocked(self, outcome: Outcome) -> None:
@@ -229,7 +134,7 @@ class HoldbackFilter:
             self.pending_chars = 0
             raise StreamBlocked(block_message(v, "The reply was"), rule=v.rule, category=v.category, detail=public_detail(v))
 
-    async def _flush(self) -> list[dict[str, Any]]:
+    async def _flush(self) -> list[Chunk]:
         new = "".join(t for _, t, _, _ in self.pending)
         new_args = "".join(a for _, _, a, _ in self.pending)
         window = self.context + new
@@ -292,7 +197,7 @@ class HoldbackFilter:
         for chunk, text, _, _ in self.pending:
             if not text:
                 continue
-            _set_chunk_text(chunk, redacted if first else "")
+            chunk.set_text(redacted if first else "")
             first = False
 
 

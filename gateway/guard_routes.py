@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.model import Reply
+from gateway.protocols import chat
 from gateway.routing import Attempt, Router
 from policies.guard import GuardError
 
@@ -24,7 +26,10 @@ class RouteGuardTransport:
         router = self._router()
         try:
             route = router.get(route_name)
-            return await router.complete(route, endpoint, {"model": route_name, **body}, None, Attempt())
+            reply = await router.complete(route, endpoint, {"model": route_name, **body}, None, Attempt())
+            if isinstance(reply, Reply):
+                return chat.reply_out(reply, "text_completion" if endpoint == "completions" else "chat.completion")
+            return reply
         except GatewayError as exc:
             raise GuardError(f"route `{route_name}`: {exc.message}") from None
 

@@ -41,7 +41,7 @@ from gateway.guard_verdicts import block_message as _block_message
 from gateway.guard_verdicts import merge_verdicts as merge_verdicts
 from gateway.guard_verdicts import note_role as _note_role
 from gateway.guard_verdicts import public_detail as _public_detail
-from gateway.model import Message, Opaque
+from gateway.model import Message, Opaque, Reply
 from gateway.protocols import chat
 from gateway.types import BaseStage, RequestContext, Verdict
 from policies.engine import Engine, Outcome
@@ -374,12 +374,12 @@ class GuardrailStage(BaseStage):
         self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
         return [None if o.blocked else o.text for o in outcomes]
 
-    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
+    async def on_response(self, ctx: RequestContext, reply: Reply) -> Reply:
         st = self._state(ctx)
         rules = self._rules(ctx, st, "output")
         if not rules:
-            return response
-        return await check_reply(self, ctx, rules, response, functools.partial(self._record, ctx, st, rules))
+            return reply
+        return await check_reply(self, ctx, rules, reply, functools.partial(self._record, ctx, st, rules))
 
     def stream_filter(self, ctx: RequestContext) -> HoldbackFilter | None:
         st = self._state(ctx)

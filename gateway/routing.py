@@ -21,6 +21,7 @@ from typing import Any
 from gateway.config import RouteSettings, TargetSettings
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import Metrics
+from gateway.model import Chunk, Reply
 from gateway.providers import Provider, StreamReply, UpstreamFailure
 from gateway.providers.base import Payload
 from gateway.types import Endpoint
@@ -172,8 +173,8 @@ class Router:
             )
         return route
 
-    async def complete(self, route: Route, endpoint: Endpoint, body: Payload, sticky: str | None, att: Attempt) -> dict[str, Any]:
-        async def call(arm: Arm) -> dict[str, Any]:
+    async def complete(self, route: Route, endpoint: Endpoint, body: Payload, sticky: str | None, att: Attempt) -> Reply | dict[str, Any]:
+        async def call(arm: Arm) -> Reply | dict[str, Any]:
             async with asyncio.timeout(arm.target.timeouts.total):
                 return await arm.provider.complete(endpoint, body)
 
@@ -181,10 +182,10 @@ class Router:
 
     async def open_stream(
         self, route: Route, endpoint: Endpoint, body: Payload, sticky: str | None, att: Attempt
-    ) -> tuple[StreamReply, list[bytes]]:
+    ) -> tuple[StreamReply, list[Chunk]]:
         """Open a stream and read its first events; fallbacks apply until they arrive."""
 
-        async def call(arm: Arm) -> tuple[StreamReply, list[bytes]]:
+        async def call(arm: Arm) -> tuple[StreamReply, list[Chunk]]:
             async with asyncio.timeout(arm.target.timeouts.first_token):
                 reply = await arm.provider.stream(endpoint, body)
                 try:

@@ -52,6 +52,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.model import Chunk, Reply
 from gateway.providers import TRACEPARENT
 from gateway.types import RequestContext, StreamBlocked, TrafficRecord
 
@@ -303,9 +304,9 @@ class TracedStage:
     async def on_request(self, ctx: RequestContext) -> None:
         await self._traced(self._span_name, ctx, self._stage.on_request(ctx))
 
-    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
+    async def on_response(self, ctx: RequestContext, reply: Reply) -> Reply:
         name = "guardrails output" if self.name == "guardrails" else f"{self.name} on response"
-        result: dict[str, Any] = await self._traced(name, ctx, self._stage.on_response(ctx, response))
+        result: Reply = await self._traced(name, ctx, self._stage.on_response(ctx, reply))
         return result
 
     async def _traced(self, name: str, ctx: RequestContext, coro: Any) -> Any:
@@ -358,13 +359,13 @@ class TracedFilter:
             if final:
                 self.end()
 
-    async def feed(self, chunk: dict[str, Any], text: str) -> list[dict[str, Any]]:
+    async def feed(self, chunk: Chunk) -> list[Chunk]:
         self.chunks += 1
-        result: list[dict[str, Any]] = await self._run(self.inner.feed(chunk, text), False)
+        result: list[Chunk] = await self._run(self.inner.feed(chunk), False)
         return result
 
-    async def finish(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._run(self.inner.finish(), True)
+    async def finish(self) -> list[Chunk]:
+        result: list[Chunk] = await self._run(self.inner.finish(), True)
         return result
 
     def end(self) -> None:

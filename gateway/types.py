@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 # the record schema lives in the bottom layer (policies, evaluators and tuning read it too)
 from gatehouse_core.records import TrafficRecord as TrafficRecord
 from gatehouse_core.records import Verdict as Verdict
-from gateway.model import Request
+from gateway.model import Chunk, Reply, Request
 from gateway.protocols.chat import request_in
 
 Endpoint = Literal["chat", "completions", "embeddings", "moderations", "messages", "responses"]
@@ -66,7 +66,7 @@ class RequestContext:
     # free-form scratch space for stages, keyed by stage name
     state: dict[str, Any] = field(default_factory=dict)
     # a stage that answers by itself (a cache hit) sets this; routing is skipped
-    short_circuit: dict[str, Any] | None = None
+    short_circuit: Reply | None = None
     # the route, resolved once after auth and before any stage (a gateway.routing.Route: its
     # targets, and in .settings the prompt pin, grounding and cache flag); typed loosely
     # because gateway.routing imports this module
@@ -92,16 +92,16 @@ class RequestContext:
 class StreamFilter(Protocol):
     """Inspects the text of a streamed reply before the client sees it.
 
-    ``feed`` gets each upstream chunk (parsed SSE JSON) with its text delta and
-    returns the chunks now safe to release, in order; ``finish`` is called at
+    ``feed`` gets each upstream chunk (a neutral ``Chunk``: its ``text`` and
+    ``tool_arguments``) and returns the chunks now safe to release, in order; ``finish`` is called at
     the end of the stream and returns what was still held back. Either may
     raise ``StreamBlocked`` to end the stream with ``finish_reason:
     content_filter``.
     """
 
-    async def feed(self, chunk: dict[str, Any], text: str) -> list[dict[str, Any]]: ...
+    async def feed(self, chunk: Chunk) -> list[Chunk]: ...
 
-    async def finish(self) -> list[dict[str, Any]]: ...
+    async def finish(self) -> list[Chunk]: ...
 
 
 class StreamBlocked(Exception):
@@ -128,7 +128,7 @@ class Stage(Protocol):
 
     async def on_request(self, ctx: RequestContext) -> None: ...
 
-    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]: ...
+    async def on_response(self, ctx: RequestContext, reply: Reply) -> Reply: ...
 
     def stream_filter(self, ctx: RequestContext) -> StreamFilter | None: ...
 
@@ -142,8 +142,8 @@ class BaseStage:
     async def on_request(self, ctx: RequestContext) -> None:
         return None
 
-    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
-        return response
+    async def on_response(self, ctx: RequestContext, reply: Reply) -> Reply:
+        return reply
 
     def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
         return None

@@ -35,6 +35,7 @@ import uvicorn
 
 from gateway.app import Gatehouse, create_app
 from gateway.config import Settings, parse_settings
+from gateway.model import END
 from gateway.protocols import anthropic as anthropic_proto
 from gateway.protocols import chat as chat_proto
 from gateway.providers import UpstreamFailure
@@ -259,14 +260,14 @@ class FakeUpstream:
             await self._json(send, f.status or 500, {"type": "error", "error": {"type": "api_error", "message": f.message}})
             return
         if not req.get("stream"):
-            reply = anthropic_proto.reply_from_core(self.engine.complete("chat", model, core), model)
+            reply = anthropic_proto.reply_from_core(self.engine.reply("chat", model, core), model)
             await self._json(send, 200, reply)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         enc = anthropic_proto.MessagesStreamEncoder(model)
         core["stream_options"] = {"include_usage": True}
-        async for ev in self.engine.stream_events("chat", model, core):
-            data = enc.done() if ev == b"[DONE]" else enc.chunk(orjson.loads(ev))
+        async for ch in self.engine.chunks("chat", model, core):
+            data = enc.done() if ch is END else enc.chunk(ch)
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

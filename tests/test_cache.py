@@ -16,12 +16,14 @@ import redis.asyncio as aioredis
 from gateway.cache import HEADER, CacheStage, build_stage
 from gateway.config import Settings, parse_settings
 from gateway.metrics import Metrics
+from gateway.protocols.chat import reply_in, reply_out
 from gateway.types import Caller, RequestContext, TrafficRecord, Verdict
 from tests.conftest import REDIS_URL
 
 REPLY = {
     "id": "chatcmpl-1",
     "object": "chat.completion",
+    "created": 1,  # the stored entry is the canonical Chat serialisation, which always has it
     "model": "cached",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
@@ -67,11 +69,12 @@ def ctx(model: str = "cached", tenant: str = "acme", headers: dict[str, str] | N
 
 
 async def roundtrip(stage: CacheStage, c: RequestContext, reply: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Run the stage like the app: on_request, then (on a miss) on_response with the upstream reply."""
+    """Run the stage like the app: on_request, then (on a miss) on_response with the upstream
+    reply (read into the neutral model, as a provider hands it); a hit comes back in Chat JSON."""
     await stage.on_request(c)
     if c.short_circuit is not None:
-        return c.short_circuit
-    await stage.on_response(c, copy.deepcopy(reply or REPLY))
+        return reply_out(c.short_circuit)
+    await stage.on_response(c, reply_in(copy.deepcopy(reply or REPLY)))
     return None
 
 
@@ -127,7 +130,7 @@ async def test_never_stores_unsafe_verdicts(stage: CacheStage, action: str) -> N
     c = ctx()
     await stage.on_request(c)
     c.record.verdicts.append(Verdict("r", "toxicity", "toxic", 0.9, action, "output"))
-    await stage.on_response(c, copy.deepcopy(REPLY))
+    await stage.on_response(c, reply_in(copy.deepcopy(REPLY)))
     assert await roundtrip(stage, ctx()) is None
 
 
@@ -139,7 +142,7 @@ async def test_never_stores_content_filter_or_errors(stage: CacheStage) -> None:
     c = ctx()
     await stage.on_request(c)
     c.record.finish_reason = "content_filter"
-    await stage.on_response(c, copy.deepcopy(REPLY))
+    await stage.on_response(c, reply_in(copy.deepcopy(REPLY)))
     assert await roundtrip(stage, ctx()) is None
 
 
@@ -147,7 +150,7 @@ async def test_shadow_and_pass_verdicts_are_cached(stage: CacheStage) -> None:
     c = ctx()
     await stage.on_request(c)
     c.record.verdicts.append(Verdict("r", "toxicity", "toxic", 0.1, "shadow", "output"))
-    await stage.on_response(c, copy.deepcopy(REPLY))
+    await stage.on_response(c, reply_in(copy.deepcopy(REPLY)))
     assert await roundtrip(stage, ctx()) == REPLY
 
 
@@ -207,3 +210,31 @@ def test_gateway_serves_cache_hits(prefix: str) -> None:
     assert r1.headers["x-gatehouse-cache"] == "miss" and r2.headers["x-gatehouse-cache"] == "hit"
     assert r2.json()["choices"] == r1.json()["choices"]
     assert "x-gatehouse-cache" not in r3.headers
+
+
+def test_a_hit_replays_on_every_door(prefix: str) -> None:
+    """The entry is the neutral reply: stored through the Chat door, it replays on the Messages
+    and Responses doors in their own shapes (equal requests share a key across doors)."""
+    support = pytest.importorskip("tests.support")
+    import httpx
+
+    settings = support.make_settings(
+        [{"name": "cached", "cache": True, "targets": [{"name": "echo", "provider": "mock", "model": "echo"}]}],
+        redis={"url": REDIS_URL, "key_prefix": prefix},
+    )
+    turn = [{"role": "user", "content": "hello every door"}]
+    auth = {"authorization": f"Bearer {support.API_KEY}"}
+    with support.gateway(settings) as (url, _app), httpx.Client(timeout=30, headers=auth) as c:
+        r1 = c.post(url + "/v1/chat/completions", json={"model": "cached", "messages": turn, "max_tokens": 20, "temperature": 0})
+        r2 = c.post(url + "/v1/messages", json={"model": "cached", "messages": turn, "max_tokens": 20, "temperature": 0})
+        r3 = c.post(url + "/v1/responses", json={"model": "cached", "input": turn, "max_output_tokens": 20, "temperature": 0})
+    assert r1.status_code == r2.status_code == r3.status_code == 200, (r2.text, r3.text)
+    assert [r.headers["x-gatehouse-cache"] for r in (r1, r2, r3)] == ["miss", "hit", "hit"]
+    text = r1.json()["choices"][0]["message"]["content"]
+    assert text == "hello every door"
+    msg = r2.json()
+    assert msg["type"] == "message" and msg["content"] == [{"type": "text", "text": text}] and msg["stop_reason"] == "end_turn"
+    assert msg["usage"] == {"input_tokens": 3, "output_tokens": 3}
+    resp = r3.json()
+    assert resp["object"] == "response" and resp["status"] == "completed"
+    assert resp["output"][0]["content"][0]["text"] == text

@@ -24,7 +24,7 @@ from gateway.grounding import IndexHolder, build_stage
 from gateway.grounding.builder import add_documents, build_index, delete_documents
 from gateway.grounding.index import CURRENT, GroundingIndex, read_manifest
 from gateway.grounding.text import Document, chunk_document, html_to_text, iter_documents
-from gateway.protocols.chat import request_out
+from gateway.protocols.chat import reply_in, reply_out, request_out
 from gateway.types import Caller, RequestContext, TrafficRecord
 
 DOCS = Path(__file__).parent / "fixtures" / "grounding_docs"
@@ -300,7 +300,7 @@ async def test_stage_injects_numbered_passages_and_reports_them(built, embedder)
         assert ctx.record.grounding_chunk_ids == [c["id"] for c in info["chunks"]]
         # hybrid by default: the record says how the passages were found, fusion parameters included
         assert ctx.record.extra["grounding_retrieval"] == {"mode": "hybrid", "fusion": m["fusion"], "bm25": m["lexical"]["params"]}
-        resp = await stage.on_response(ctx, {"choices": []})
+        resp = reply_out(await stage.on_response(ctx, reply_in({"choices": []})))
         assert resp["gatehouse_grounding"]["chunks"][0]["doc"] == "tides.txt"
         assert stage.stream_filter(ctx) is None
 

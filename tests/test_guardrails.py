@@ -14,7 +14,8 @@ from evaluators.recitation import RecitationIndex
 from gateway.errors import GatewayError
 from gateway.guardrails import GuardrailMetrics, GuardrailStage, build_stage
 from gateway.metrics import Metrics
-from gateway.protocols.chat import request_out
+from gateway.model import Chunk, Reply
+from gateway.protocols.chat import chunk_in, chunk_out, reply_in, reply_out, request_out
 from gateway.types import Caller, RequestContext, StreamBlocked, TrafficRecord
 from policies import Engine, PolicySet
 from tests.support import API_KEY, gateway, make_settings, target
@@ -128,29 +129,29 @@ async def test_unknown_assigned_policy_fails_closed(stage: GuardrailStage) -> No
 
 # ---- whole replies ---------------------------------------------------------------------------------
 
-def reply(text: str) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+def reply(text: str) -> Reply:
+    return reply_in({"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
 
 
 async def test_output_block_becomes_content_filter(stage: GuardrailStage) -> None:
     ctx = make_ctx(chat("quote it"))
-    out = await stage.on_response(ctx, reply(f"Sure: {RECITED}"))
+    out = reply_out(await stage.on_response(ctx, reply(f"Sure: {RECITED}")))
     choice = out["choices"][0]
     assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] == ""
     assert choice["content_filter_results"]["recitation"] == {
         "filtered": True, "rule": "block-recitation", "check": "recitation", "source": "moby.txt"}
     ctx = make_ctx(chat("hi"))
-    out = await stage.on_response(ctx, reply("initech makes printers"))
+    out = reply_out(await stage.on_response(ctx, reply("initech makes printers")))
     assert out["choices"][0]["finish_reason"] == "stop"
     assert [v.rule for v in ctx.record.verdicts if v.action == "flag"] == ["flag-initech"]
 
 
 # ---- streams ---------------------------------------------------------------------------------------
 
-def chunk(text: str | None) -> dict[str, Any]:
+def chunk(text: str | None) -> Chunk:
     delta = {} if text is None else {"content": text}
-    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    return chunk_in({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
 
 
 async def run_stream(stage: GuardrailStage, pieces: list[str]) -> tuple[str, StreamBlocked | None, RequestContext]:
@@ -158,17 +159,17 @@ async def run_stream(stage: GuardrailStage, pieces: list[str]) -> tuple[str, Str
     await stage.on_request(ctx)
     f = stage.stream_filter(ctx)
     assert f is not None
-    released: list[dict[str, Any]] = []
+    released: list[Chunk] = []
     blocked = None
     try:
-        released += await f.feed(chunk(None), "")  # the role chunk passes straight through
+        released += await f.feed(chunk(None))  # the role chunk passes straight through
         assert len(released) == 1
         for p in pieces:
-            released += await f.feed(chunk(p), p)
+            released += await f.feed(chunk(p))
         released += await f.finish()
     except StreamBlocked as exc:
         blocked = exc
-    return "".join(c["choices"][0]["delta"].get("content", "") for c in released), blocked, ctx
+    return "".join(chunk_out(c)["choices"][0]["delta"].get("content", "") for c in released), blocked, ctx
 
 
 async def test_holdback_releases_clean_text_in_order(stage: GuardrailStage) -> None:
@@ -238,7 +239,7 @@ async def test_build_stage_metrics_and_reload(tmp_path: Path, index_dir: Path) -
     try:
         ctx = make_ctx(chat("hello globex"))
         await st.on_request(ctx)
-        out = await st.on_response(ctx, reply(RECITED))
+        out = reply_out(await st.on_response(ctx, reply(RECITED)))
         assert out["choices"][0]["finish_reason"] == "content_filter"
         f.write_text(POLICY.replace("version: 1", "version: 2"))
         import asyncio

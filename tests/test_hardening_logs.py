@@ -18,6 +18,7 @@ import pytest
 
 from evaluators.recitation import RecitationIndex
 from gateway.guardrails import GuardrailStage
+from gateway.protocols.chat import reply_in
 from gateway.types import Caller, RequestContext, TrafficRecord
 from policies import Engine, PolicySet
 from tests.support import API_KEY, gateway, make_settings
@@ -49,7 +50,7 @@ async def test_recitation_verdict_carries_offsets_and_a_hash_never_text(tmp_path
     rec = TrafficRecord(request_id="r", ts_start=0.0, endpoint="chat")
     ctx = RequestContext("r", "chat", Caller("acme", "k"), {"model": "m", "messages": []}, {}, rec)
     reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": f"Sure: {RECITED}"}}]}
-    await stage.on_response(ctx, reply)
+    await stage.on_response(ctx, reply_in(reply))
     (v,) = [v for v in rec.verdicts if v.check == "recitation"]
     assert v.action == "flag"
     logged = json.dumps(v.detail)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.guardrails import GuardrailStage
+from gateway.protocols.chat import reply_in, reply_out
 from gateway.types import Caller, RequestContext, TrafficRecord
 from policies import Engine, PolicySet
 from tests.support import API_KEY, FakeUpstream, gateway, make_settings, target
@@ -95,10 +96,10 @@ async def test_reply_content_parts_go_through_output_checks() -> None:
     ctx = RequestContext("r", "chat", Caller("acme", "k"), {"model": "m", "messages": []}, {}, rec)
     reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": [
         {"type": "output_text", "text": MAIL}]}}]}
-    out = await stage.on_response(ctx, reply)
+    out = reply_out(await stage.on_response(ctx, reply_in(reply)))
     assert out["choices"][0]["message"]["content"][0]["text"] == "mail me at [EMAIL]"
     reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": [
         {"type": "output_text", "text": "the password is opensesame"}]}}]}
-    out = await stage.on_response(ctx, reply)
+    out = reply_out(await stage.on_response(ctx, reply_in(reply)))
     assert out["choices"][0]["finish_reason"] == "content_filter"
     assert "opensesame" not in str(out["choices"][0]["message"])

@@ -354,6 +354,7 @@ def test_tool_call_arguments_through_the_gateway_streamed_or_not(guarded: Any, f
 
 async def _tool_call_arguments(settings: Any) -> None:
     from gateway.guardrails import GuardrailStage
+    from gateway.protocols.chat import chunk_in, reply_in, reply_out
     from gateway.types import Caller, RequestContext, TrafficRecord
     from policies import Engine, PolicySet
 
@@ -363,7 +364,7 @@ async def _tool_call_arguments(settings: Any) -> None:
     ctx = RequestContext("r", "chat", Caller("t", "k"), {"model": "chat", "messages": []}, {}, rec)
     call = {"id": "c", "type": "function", "function": {"name": "shell", "arguments": '{"cmd": "rm -rf /"}'}}
     reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "tool_calls"}]}
-    out = await stage.on_response(ctx, reply)
+    out = reply_out(await stage.on_response(ctx, reply_in(reply)))
     choice = out["choices"][0]
     assert choice["finish_reason"] == "content_filter" and choice["message"]["tool_calls"] is None
     assert choice["content_filter_results"]["rm -rf /"]["rule"] == "tool-call-args"
@@ -375,7 +376,7 @@ async def _tool_call_arguments(settings: Any) -> None:
     with pytest.raises(Exception) as exc:
         for p in pieces:
             chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": p}}]}}]}
-            released += await filt.feed(chunk, "")
+            released += await filt.feed(chunk_in(chunk))
         released += await filt.finish()
     assert type(exc.value).__name__ == "StreamBlocked" and exc.value.rule == "tool-call-args"  # type: ignore[attr-defined]
     assert released == []  # nothing of the call reached the client

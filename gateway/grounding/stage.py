@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.errors import invalid
 from gateway.grounding.index import Hit, IndexHolder
-from gateway.model import Message, Text
+from gateway.model import Message, Reply, Text
 from gateway.types import BaseStage, RequestContext
 
 HEADER = "x-gatehouse-grounding"
@@ -163,11 +163,11 @@ class GroundingStage(BaseStage):
         ctx.record.grounding_chunk_ids = [h.chunk_id for h in hits]
         ctx.record.extra["grounding_retrieval"] = index.retrieval  # dense, or hybrid with its fusion parameters
 
-    async def on_response(self, ctx: RequestContext, response: dict[str, Any]) -> dict[str, Any]:
+    async def on_response(self, ctx: RequestContext, reply: Reply) -> Reply:
         info = ctx.state.get(self.name)
-        if info is not None and isinstance(response, dict):
-            response["gatehouse_grounding"] = info
-        return response
+        if info is not None:
+            reply.grounding = info  # each door renders it (gatehouse_grounding)
+        return reply
 
     async def aclose(self) -> None:
         for h in self.holders.values():

@@ -11,7 +11,7 @@ path. A message the chat adapter parsed keeps its source dict (``Message.raw``) 
 sent on as it came until a stage changes it through the model's API.
 """
 
-from gateway.model.reply import Choice, ChoiceDelta, Chunk, Reply, ToolCallDelta, Usage
+from gateway.model.reply import END, Choice, ChoiceDelta, Chunk, Reply, ToolCallDelta, Usage
 from gateway.model.request import (
     Image,
     Message,
@@ -27,6 +27,6 @@ from gateway.model.request import (
 )
 
 __all__ = [
-    "Choice", "ChoiceDelta", "Chunk", "Image", "Message", "Opaque", "Part", "Reply", "Request", "ResponseFormat",
+    "END", "Choice", "ChoiceDelta", "Chunk", "Image", "Message", "Opaque", "Part", "Reply", "Request", "ResponseFormat",
     "Text", "Tool", "ToolCall", "ToolCallDelta", "ToolChoice", "ToolResult", "Usage",
 ]

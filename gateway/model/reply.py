@@ -55,6 +55,13 @@ class Reply:
     def text(self) -> str:
         return "".join(c.text for c in self.choices)
 
+    @property
+    def kind(self) -> str:
+        """The protocol object the upstream answered with (``chat.completion``, or
+        ``text_completion`` for the legacy completions endpoint)."""
+        obj = self.extra.get("object")
+        return obj if isinstance(obj, str) else "chat.completion"
+
 
 # ---- streams -------------------------------------------------------------------------------
 
@@ -86,6 +93,9 @@ class Chunk:
     choices: list[ChoiceDelta]
     usage: Usage | None = None
     created: int = 0
+    # the upstream's own event payload when it was Chat JSON; the Chat door relays it as it
+    # came until a stage changes the chunk (``set_text`` drops it)
+    raw: bytes | None = None
 
     @property
     def text(self) -> str:
@@ -104,9 +114,15 @@ class Chunk:
 
     def set_text(self, text: str) -> None:
         """Put ``text`` in the first choice that carries text; the others' text is emptied."""
+        self.raw = None
         for c in self.choices:
             if c.text is not None:
                 c.text, text = text, ""
+
+
+# the end of a stream as the upstream said it (Chat's ``data: [DONE]``): a stream that stops
+# without it ended early, and the Chat door says so by not sending ``[DONE]`` either
+END = Chunk("", "", [])
 
 
 def assistant(text: str | None, calls: list[ToolCall] | None = None) -> Message:

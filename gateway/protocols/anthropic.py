@@ -24,15 +24,22 @@ import orjson
 
 from gateway.errors import invalid
 from gateway.model import (
+    END,
+    Choice,
+    ChoiceDelta,
+    Chunk,
     Image,
     Message,
     Part,
+    Reply,
     Request,
     Text,
     Tool,
     ToolCall,
+    ToolCallDelta,
     ToolChoice,
     ToolResult,
+    Usage,
 )
 from gateway.protocols import chat
 
@@ -176,35 +183,35 @@ def _message_in(m: dict[str, Any], where: str) -> list[Message]:
 
 # ---- the door: core reply -> Messages reply -----------------------------------------------
 
-def _usage(usage: Any) -> dict[str, int]:
-    u = usage if isinstance(usage, dict) else {}
-    return {"input_tokens": int(u.get("prompt_tokens") or 0), "output_tokens": int(u.get("completion_tokens") or 0)}
+def _usage(usage: Usage | None) -> dict[str, int]:
+    u = usage or Usage()
+    return {"input_tokens": int(u.prompt_tokens or 0), "output_tokens": int(u.completion_tokens or 0)}
 
 
-def reply_from_core(reply: dict[str, Any], model: str) -> dict[str, Any]:
-    choices = reply.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    msg = choice.get("message") or {}
+def reply_from_core(reply: Reply, model: str) -> dict[str, Any]:
+    """The neutral reply as a Messages reply (its first choice)."""
+    choice = reply.choices[0] if reply.choices else None
     content: list[dict[str, Any]] = []
-    text = msg.get("content") if isinstance(msg, dict) else None
-    if isinstance(text, str) and text:
-        content.append({"type": "text", "text": text})
-    for call in (msg.get("tool_calls") or []) if isinstance(msg, dict) else []:
-        fn = call.get("function") or {}
-        try:
-            args = orjson.loads(fn.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            args = {"_raw": fn.get("arguments")}
-        content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:20]}", "name": fn.get("name", ""), "input": args})
+    if choice is not None:
+        text = choice.text
+        if text:
+            content.append({"type": "text", "text": text})
+        for call in choice.message.tool_calls:
+            try:
+                args = orjson.loads(call.arguments or "{}")
+            except orjson.JSONDecodeError:
+                args = {"_raw": call.arguments}
+            content.append({"type": "tool_use", "id": call.id or f"toolu_{uuid.uuid4().hex[:20]}", "name": call.name, "input": args})
+    finish = choice.finish_reason if choice is not None else None
     out: dict[str, Any] = {
         "id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant", "model": model, "content": content,
-        "stop_reason": STOP_REASON.get(choice.get("finish_reason") or "stop", "end_turn"), "stop_sequence": None,
-        "usage": _usage(reply.get("usage")),
+        "stop_reason": STOP_REASON.get(finish or "stop", "end_turn"), "stop_sequence": None,
+        "usage": _usage(reply.usage),
     }
-    if isinstance(choice.get("content_filter_results"), dict):
-        out["gatehouse_content_filter"] = choice["content_filter_results"]
-    if "gatehouse_grounding" in reply:
-        out["gatehouse_grounding"] = reply["gatehouse_grounding"]
+    if choice is not None and isinstance(choice.filter_results, dict):
+        out["gatehouse_content_filter"] = choice.filter_results
+    if reply.grounding is not None:
+        out["gatehouse_grounding"] = reply.grounding
     return out
 
 
@@ -213,7 +220,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 class MessagesStreamEncoder:
-    """Core stream chunks (Chat Completions chunk dicts) -> Anthropic SSE events."""
+    """Neutral stream chunks -> Anthropic SSE events."""
 
     def __init__(self, model: str, input_tokens: int = 0) -> None:
         self.model = model
@@ -245,33 +252,30 @@ class MessagesStreamEncoder:
         self.block_kind = kind
         return out + _event("content_block_start", {"type": "content_block_start", "index": self.block, "content_block": block})
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
+    def chunk(self, chunk: Chunk) -> bytes:
         out = self._start()
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.input_tokens = int(usage.get("prompt_tokens") or self.input_tokens)
-            self.output_tokens = int(usage.get("completion_tokens") or 0)
-        for c in chunk.get("choices") or ():
-            delta = c.get("delta") or {}
-            text = delta.get("content")
-            if isinstance(text, str) and text:
+        usage = chunk.usage
+        if usage is not None:
+            self.input_tokens = int(usage.prompt_tokens or self.input_tokens)
+            self.output_tokens = int(usage.completion_tokens or 0)
+        for c in chunk.choices:
+            text = c.text
+            if text:
                 if self.block_kind != "text":
                     out += self._open("text", {"type": "text", "text": ""})
                 out += _event("content_block_delta", {"type": "content_block_delta", "index": self.block,
                                                       "delta": {"type": "text_delta", "text": text}})
-            for tc in delta.get("tool_calls") or ():
-                i = tc.get("index", 0)
-                fn = tc.get("function") or {}
+            for tc in c.tool_calls or ():
+                i = tc.index
                 if i not in self.tool_blocks:
-                    out += self._open("tool_use", {"type": "tool_use", "id": tc.get("id") or f"toolu_{uuid.uuid4().hex[:20]}",
-                                                   "name": fn.get("name", ""), "input": {}})
+                    out += self._open("tool_use", {"type": "tool_use", "id": tc.id or f"toolu_{uuid.uuid4().hex[:20]}",
+                                                   "name": tc.name or "", "input": {}})
                     self.tool_blocks[i] = self.block
-                args = fn.get("arguments")
-                if isinstance(args, str) and args:
+                if tc.arguments:
                     out += _event("content_block_delta", {"type": "content_block_delta", "index": self.tool_blocks[i],
-                                                          "delta": {"type": "input_json_delta", "partial_json": args}})
-            if c.get("finish_reason"):
-                self.finish = c["finish_reason"]
+                                                          "delta": {"type": "input_json_delta", "partial_json": tc.arguments}})
+            if c.finish_reason:
+                self.finish = c.finish_reason
         return out
 
     def done(self, output_tokens: int | None = None) -> bytes:
@@ -361,25 +365,24 @@ def request_out(req: Request, model: str) -> dict[str, Any]:
 MESSAGES_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
 
 
-def reply_to_core(msg: dict[str, Any], model: str) -> dict[str, Any]:
-    text = "".join(b.get("text", "") for b in msg.get("content") or () if b.get("type") == "text")
-    calls = [{"id": b.get("id", ""), "type": "function", "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}}
-             for b in msg.get("content") or () if b.get("type") == "tool_use"]
-    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
+def reply_to_core(msg: dict[str, Any], model: str) -> Reply:
+    """A Messages reply as the neutral reply."""
+    blocks = [b for b in msg.get("content") or () if isinstance(b, dict)]
+    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    calls: list[Part] = [ToolCall(b.get("id", ""), b.get("name", ""), orjson.dumps(b.get("input") or {}).decode())
+                         for b in blocks if b.get("type") == "tool_use"]
+    parts: list[Part] = [Text(text)] if text or not calls else []
+    message = Message("assistant", parts + calls, extra={"refusal": None})
     u = msg.get("usage") or {}
     pt, ct = int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
-    return {
-        "id": "chatcmpl-" + str(msg.get("id", uuid.uuid4().hex)), "object": "chat.completion", "created": int(time.time()),
-        "model": msg.get("model") or model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH_REASON.get(msg.get("stop_reason") or "end_turn", "stop")}],
-        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-    }
+    finish = FINISH_REASON.get(msg.get("stop_reason") or "end_turn", "stop")
+    return Reply("chatcmpl-" + str(msg.get("id", uuid.uuid4().hex)), msg.get("model") or model,
+                 [Choice(0, message, finish, extra={"logprobs": None})], Usage(pt, ct, pt + ct), int(time.time()),
+                 extra={"object": "chat.completion"})
 
 
 class MessagesStreamDecoder:
-    """Anthropic SSE event payloads -> core chunk payloads (JSON bytes, ending with ``[DONE]``)."""
+    """Anthropic SSE event payloads -> neutral chunks (ending with ``END``)."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -389,12 +392,12 @@ class MessagesStreamDecoder:
         self.input_tokens = 0
         self.output_tokens = 0
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+    def _chunk(self, role: str | None = None, text: str | None = None, calls: list[ToolCallDelta] | None = None,
+               finish: str | None = None) -> Chunk:
+        return Chunk(self.id, self.model, [ChoiceDelta(0, role, text, calls, finish, {"logprobs": None})], None, self.created)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Core payloads for one upstream event; raises ``ValueError`` on an upstream error event."""
+    def feed(self, data: bytes) -> list[Chunk]:
+        """Chunks for one upstream event; raises ``ValueError`` on an upstream error event."""
         try:
             ev = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -404,31 +407,28 @@ class MessagesStreamDecoder:
             m = ev.get("message") or {}
             self.model = m.get("model") or self.model
             self.input_tokens = int((m.get("usage") or {}).get("input_tokens") or 0)
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return [self._chunk("assistant", "")]
         if kind == "content_block_start":
             block = ev.get("content_block") or {}
             if block.get("type") == "tool_use":
                 n = self.tool_index[ev.get("index", 0)] = len(self.tool_index)
-                return [self._chunk({"tool_calls": [{"index": n, "id": block.get("id", ""), "type": "function",
-                                                      "function": {"name": block.get("name", ""), "arguments": ""}}]})]
+                return [self._chunk(calls=[ToolCallDelta(n, block.get("id", ""), block.get("name", ""), "")])]
             return []
         if kind == "content_block_delta":
             d = ev.get("delta") or {}
             if d.get("type") == "text_delta":
-                return [self._chunk({"content": d.get("text", "")})]
+                return [self._chunk(text=d.get("text", ""))]
             if d.get("type") == "input_json_delta":
                 n = self.tool_index.get(ev.get("index", 0), 0)
-                return [self._chunk({"tool_calls": [{"index": n, "function": {"arguments": d.get("partial_json", "")}}]})]
+                return [self._chunk(calls=[ToolCallDelta(n, None, None, d.get("partial_json", ""))])]
             return []
         if kind == "message_delta":
             self.output_tokens = int((ev.get("usage") or {}).get("output_tokens") or self.output_tokens)
             reason = (ev.get("delta") or {}).get("stop_reason")
-            return [self._chunk({}, FINISH_REASON.get(reason or "end_turn", "stop"))]
+            return [self._chunk(finish=FINISH_REASON.get(reason or "end_turn", "stop"))]
         if kind == "message_stop":
-            usage = {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
-                     "total_tokens": self.input_tokens + self.output_tokens}
-            return [orjson.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                                  "choices": [], "usage": usage}), b"[DONE]"]
+            usage = Usage(self.input_tokens, self.output_tokens, self.input_tokens + self.output_tokens)
+            return [Chunk(self.id, self.model, [], usage, self.created), END]
         if kind == "error":
             err = ev.get("error") or {}
             raise ValueError(str(err.get("message") or err))

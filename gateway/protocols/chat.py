@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from gateway.errors import invalid
 from gateway.model.reply import Choice, ChoiceDelta, Chunk, Reply, ToolCallDelta, Usage
 from gateway.model.request import (
@@ -354,27 +356,34 @@ def usage_out(u: Usage) -> dict[str, Any]:
 
 
 def reply_in(data: dict[str, Any]) -> Reply:
-    """A Chat Completions reply (the ``choices[].message`` shape) as the neutral reply."""
+    """A Chat Completions reply (the ``choices[].message`` shape) as the neutral reply; a legacy
+    completions reply's ``choices[].text`` reads as the choice's text (``Reply.kind`` says which)."""
     extra = dict(data)
     choices: list[Choice] = []
     for c in extra.pop("choices", None) or ():
         if not isinstance(c, dict):
             continue
         c = dict(c)
-        msg = c.pop("message", None) or {}
-        m = message_in({"role": "assistant", **msg}) if isinstance(msg, dict) else Message("assistant", extra={"_message": msg})
+        if "message" not in c and isinstance(c.get("text"), str):
+            m = Message("assistant", [Text(c.pop("text"))])
+        else:
+            msg = c.pop("message", None) or {}
+            m = message_in({"role": "assistant", **msg}) if isinstance(msg, dict) else Message("assistant", extra={"_message": msg})
         choices.append(Choice(c.pop("index", len(choices)), m, c.pop("finish_reason", None), c.pop("content_filter_results", None), c or None))
     return Reply(extra.pop("id", ""), extra.pop("model", ""), choices, usage_in(extra.pop("usage", None)),
                  extra.pop("created", 0), extra.pop("gatehouse_grounding", None), extra)
 
 
-def reply_out(r: Reply) -> dict[str, Any]:
+def reply_out(r: Reply, kind: str | None = None) -> dict[str, Any]:
+    """The reply as Chat Completions JSON, or as a legacy completions reply (``choices[].text``)
+    when ``kind`` (default: ``Reply.kind``) is ``text_completion``."""
     out: dict[str, Any] = {"id": r.id, **({"object": "chat.completion"} if "object" not in r.extra else {}), "created": r.created,
                            "model": r.model}
     out.update(r.extra)
+    text_kind = (kind or r.kind) == "text_completion"
     choices = []
     for c in r.choices:
-        choice: dict[str, Any] = {"index": c.index, "message": message_out(c.message)}
+        choice: dict[str, Any] = {"index": c.index, "text": c.text} if text_kind else {"index": c.index, "message": message_out(c.message)}
         if c.extra:
             choice.update(c.extra)
         choice["finish_reason"] = c.finish_reason
@@ -391,31 +400,55 @@ def reply_out(r: Reply) -> dict[str, Any]:
 
 # ---- stream chunks -------------------------------------------------------------------------
 
+_CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "text"})
 
-def chunk_in(data: dict[str, Any]) -> Chunk:
+
+def _calls_in(calls: list[Any]) -> list[ToolCallDelta]:
+    out = []
+    for tc in calls:
+        if not isinstance(tc, dict):
+            out.append(ToolCallDelta(0))
+            continue
+        fn: dict[str, Any] = tc["function"] if isinstance(tc.get("function"), dict) else {}
+        args = fn.get("arguments")
+        out.append(ToolCallDelta(tc.get("index", 0), tc.get("id"), fn.get("name"), args if isinstance(args, str) else ""))
+    return out
+
+
+def chunk_in(data: dict[str, Any], raw: bytes | None = None) -> Chunk:
+    """A Chat chunk (or a legacy completions chunk: ``choices[].text``) as the neutral chunk;
+    ``raw``: the event's own bytes, relayed by the Chat door while no stage changes the chunk."""
     choices = []
     for c in data.get("choices") or ():
-        if not isinstance(c, dict):
+        if type(c) is not dict:
             continue
-        d: dict[str, Any] = c["delta"] if isinstance(c.get("delta"), dict) else {}
-        calls = None
-        if isinstance(d.get("tool_calls"), list):
-            calls = []
-            for tc in d["tool_calls"]:
-                fn: dict[str, Any] = tc["function"] if isinstance(tc, dict) and isinstance(tc.get("function"), dict) else {}
-                args = fn.get("arguments")
-                calls.append(ToolCallDelta(tc.get("index", 0) if isinstance(tc, dict) else 0, tc.get("id") if isinstance(tc, dict) else None,
-                                           fn.get("name"), args if isinstance(args, str) else ""))
-        text = d.get("content")
-        extra = {k: v for k, v in c.items() if k not in ("index", "delta", "finish_reason")} or None
-        choices.append(ChoiceDelta(c.get("index", 0), d.get("role"), text if isinstance(text, str) else None, calls,
-                                   c.get("finish_reason"), extra))
-    return Chunk(str(data.get("id") or ""), str(data.get("model") or ""), choices, usage_in(data.get("usage")), data.get("created") or 0)
+        extra = None
+        for k in c:
+            if k not in _CHOICE_KEYS:
+                extra = {k: v for k, v in c.items() if k not in _CHOICE_KEYS}
+                break
+        d = c.get("delta")
+        if type(d) is dict:
+            text = d.get("content")
+            calls = d.get("tool_calls")
+            choices.append(ChoiceDelta(c.get("index", 0), d.get("role"), text if type(text) is str else None,
+                                       _calls_in(calls) if type(calls) is list else None, c.get("finish_reason"), extra))
+        else:
+            text = c.get("text")
+            choices.append(ChoiceDelta(c.get("index", 0), None, text if type(text) is str else None, None, c.get("finish_reason"), extra))
+    u = data.get("usage")
+    return Chunk(str(data.get("id") or ""), str(data.get("model") or ""), choices, usage_in(u) if u else None,
+                 data.get("created") or 0, raw)
 
 
-def chunk_out(ch: Chunk) -> dict[str, Any]:
+def chunk_out(ch: Chunk, kind: str = "chat.completion.chunk") -> dict[str, Any]:
+    """The chunk as Chat JSON (``kind="text_completion"``: a legacy completions chunk)."""
+    text_kind = kind == "text_completion"
     choices = []
     for c in ch.choices:
+        if text_kind:
+            choices.append({"index": c.index, "text": c.text or "", **(c.extra or {}), "finish_reason": c.finish_reason})
+            continue
         d: dict[str, Any] = {}
         if c.role is not None:
             d["role"] = c.role
@@ -437,7 +470,12 @@ def chunk_out(ch: Chunk) -> dict[str, Any]:
             d["tool_calls"] = calls
         choice: dict[str, Any] = {"index": c.index, "delta": d, **(c.extra or {}), "finish_reason": c.finish_reason}
         choices.append(choice)
-    out: dict[str, Any] = {"id": ch.id, "object": "chat.completion.chunk", "created": ch.created, "model": ch.model, "choices": choices}
+    out: dict[str, Any] = {"id": ch.id, "object": kind, "created": ch.created, "model": ch.model, "choices": choices}
     if ch.usage is not None:
         out["usage"] = usage_out(ch.usage)
     return out
+
+
+def chunk_bytes(ch: Chunk, kind: str = "chat.completion.chunk") -> bytes:
+    """The chunk's SSE ``data:`` payload: the upstream's own bytes when nothing changed it."""
+    return ch.raw if ch.raw is not None else orjson.dumps(chunk_out(ch, kind))

@@ -20,7 +20,17 @@ from typing import Any
 import orjson
 
 from gateway.errors import invalid
-from gateway.model import Message, Request, ResponseFormat, Text, Tool, ToolChoice
+from gateway.model import (
+    Chunk,
+    Message,
+    Reply,
+    Request,
+    ResponseFormat,
+    Text,
+    Tool,
+    ToolChoice,
+    Usage,
+)
 from gateway.protocols import chat
 
 STATUS = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
@@ -162,8 +172,11 @@ def request_in(body: Any, history: list[dict[str, Any]] | None = None) -> tuple[
 # ---- core reply -> Response -----------------------------------------------------------------
 
 def _usage(u: Any) -> dict[str, Any]:
-    u = u if isinstance(u, dict) else {}
-    pt, ct = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    if isinstance(u, Usage):
+        pt, ct = int(u.prompt_tokens or 0), int(u.completion_tokens or 0)
+    else:
+        u = u if isinstance(u, dict) else {}
+        pt, ct = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
     return {"input_tokens": pt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": ct,
             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": pt + ct}
 
@@ -184,19 +197,19 @@ def shell(rid: str, body: dict[str, Any], model: str, status: str, output: list[
     }
 
 
-def output_from_core(reply: dict[str, Any]) -> list[dict[str, Any]]:
-    choices = reply.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    msg = choice.get("message") or {}
+def output_from_core(reply: Reply) -> list[dict[str, Any]]:
+    """The reply's first choice as Response output items (a message, then function calls)."""
     out: list[dict[str, Any]] = []
-    text = msg.get("content") if isinstance(msg, dict) else None
-    if isinstance(text, str) and text:
+    if not reply.choices:
+        return out
+    choice = reply.choices[0]
+    text = choice.text
+    if text:
         out.append({"type": "message", "id": new_id("msg"), "status": "completed", "role": "assistant",
                     "content": [{"type": "output_text", "text": text, "annotations": []}]})
-    for call in (msg.get("tool_calls") or []) if isinstance(msg, dict) else []:
-        fn = call.get("function") or {}
-        out.append({"type": "function_call", "id": new_id("fc"), "call_id": call.get("id") or new_id("call"),
-                    "name": fn.get("name", ""), "arguments": fn.get("arguments") or "", "status": "completed"})
+    for call in choice.message.tool_calls:
+        out.append({"type": "function_call", "id": new_id("fc"), "call_id": call.id or new_id("call"),
+                    "name": call.name, "arguments": call.arguments or "", "status": "completed"})
     return out
 
 
@@ -211,19 +224,19 @@ def output_to_core(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items_to_core(items, "previous_response_id")
 
 
-def response_from_core(rid: str, body: dict[str, Any], reply: dict[str, Any], model: str) -> dict[str, Any]:
-    choices = reply.get("choices") or [{}]
-    finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
-    out = shell(rid, body, model, "completed", output_from_core(reply), reply.get("usage") or {}, finish)
-    if isinstance(choices[0], dict) and isinstance(choices[0].get("content_filter_results"), dict):
-        out["gatehouse_content_filter"] = choices[0]["content_filter_results"]
-    if "gatehouse_grounding" in reply:
-        out["gatehouse_grounding"] = reply["gatehouse_grounding"]
+def response_from_core(rid: str, body: dict[str, Any], reply: Reply, model: str) -> dict[str, Any]:
+    choice = reply.choices[0] if reply.choices else None
+    finish = choice.finish_reason if choice is not None else None
+    out = shell(rid, body, model, "completed", output_from_core(reply), reply.usage or {}, finish)
+    if choice is not None and isinstance(choice.filter_results, dict):
+        out["gatehouse_content_filter"] = choice.filter_results
+    if reply.grounding is not None:
+        out["gatehouse_grounding"] = reply.grounding
     return out
 
 
 class ResponsesStreamEncoder:
-    """Core stream chunks -> the Responses API's typed SSE events."""
+    """Neutral stream chunks -> the Responses API's typed SSE events."""
 
     def __init__(self, rid: str, body: dict[str, Any], model: str) -> None:
         self.rid, self.body, self.model = rid, body, model
@@ -260,14 +273,13 @@ class ResponsesStreamEncoder:
                 + self._ev("response.content_part.done", {"item_id": item["id"], "output_index": idx, "content_index": 0, "part": part})
                 + self._ev("response.output_item.done", {"output_index": idx, "item": item}))
 
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
+    def chunk(self, chunk: Chunk) -> bytes:
         out = self._start()
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        for c in chunk.get("choices") or ():
-            delta = c.get("delta") or {}
-            text = delta.get("content")
-            if isinstance(text, str) and text:
+        if chunk.usage is not None:
+            self.usage = {"prompt_tokens": chunk.usage.prompt_tokens, "completion_tokens": chunk.usage.completion_tokens}
+        for c in chunk.choices:
+            text = c.text
+            if text:
                 if self.text_item is None:
                     self.text_item = {"type": "message", "id": new_id("msg"), "status": "in_progress", "role": "assistant",
                                       "content": [{"type": "output_text", "text": "", "annotations": []}]}
@@ -279,22 +291,21 @@ class ResponsesStreamEncoder:
                 self.text_item["content"][0]["text"] += text
                 out += self._ev("response.output_text.delta", {"item_id": self.text_item["id"], "output_index": self.output.index(self.text_item),
                                                                "content_index": 0, "delta": text})
-            for tc in delta.get("tool_calls") or ():
-                i = tc.get("index", 0)
-                fn = tc.get("function") or {}
+            for tc in c.tool_calls or ():
+                i = tc.index
                 item = self.calls.get(i)
                 if item is None:
                     out += self._close_text()
-                    item = self.calls[i] = {"type": "function_call", "id": new_id("fc"), "call_id": tc.get("id") or new_id("call"),
-                                            "name": fn.get("name", ""), "arguments": "", "status": "in_progress"}
+                    item = self.calls[i] = {"type": "function_call", "id": new_id("fc"), "call_id": tc.id or new_id("call"),
+                                            "name": tc.name or "", "arguments": "", "status": "in_progress"}
                     self.output.append(item)
                     out += self._ev("response.output_item.added", {"output_index": len(self.output) - 1, "item": dict(item)})
-                args = fn.get("arguments")
-                if isinstance(args, str) and args:
-                    item["arguments"] += args
-                    out += self._ev("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": self.output.index(item), "delta": args})
-            if c.get("finish_reason"):
-                self.finish = c["finish_reason"]
+                if tc.arguments:
+                    item["arguments"] += tc.arguments
+                    out += self._ev("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": self.output.index(item),
+                                                                               "delta": tc.arguments})
+            if c.finish_reason:
+                self.finish = c.finish_reason
         return out
 
     def _close_all(self) -> bytes:

@@ -8,13 +8,11 @@ translation are the OpenAI provider's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import httpx
 import orjson
 
 from gateway.config import TargetSettings
+from gateway.model import Chunk, Reply
 from gateway.protocols import anthropic as proto
 from gateway.providers.base import TRACEPARENT, Payload, StreamReply, UpstreamFailure, neutral
 from gateway.providers.openai import OpenAIProvider
@@ -43,29 +41,20 @@ class AnthropicProvider(OpenAIProvider):
             headers.append(("traceparent", traceparent))
         return httpx.Request("POST", self.url, content=content, headers=headers, extensions={"timeout": self.timeout})
 
-    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
-        reply = await super().complete(endpoint, body)
+    async def complete(self, endpoint: Endpoint, body: Payload) -> Reply:
+        reply = await self._json(endpoint, body)
         if reply.get("type") != "message":
             raise UpstreamFailure("status", "the anthropic upstream did not answer with a message", status=502)
         return proto.reply_to_core(reply, self.target.model)
 
     async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:
-        reply = await super().stream(endpoint, body)
-        return StreamReply(self._decoded(reply.events))
-
-    async def _decoded(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[bytes]]:
+        resp = await self._open(endpoint, body)
         decoder = proto.MessagesStreamDecoder(self.target.model)
-        try:
-            async for batch in events:
-                out = [p for ev in batch for p in decoder.feed(ev)]
-                if out:
-                    yield out
-        except ValueError as exc:
-            raise UpstreamFailure("drop", f"the anthropic upstream sent an error event: {exc}") from exc
-        finally:
-            closer = getattr(events, "aclose", None)
-            if closer is not None:
-                await closer()
 
+        def decode(events: list[bytes]) -> list[Chunk]:
+            try:
+                return [ch for ev in events for ch in decoder.feed(ev)]
+            except ValueError as exc:
+                raise UpstreamFailure("drop", f"the anthropic upstream sent an error event: {exc}") from exc
 
-
+        return StreamReply(self._events(resp, decode))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import TargetSettings
-from gateway.model import Request
+from gateway.model import Chunk, Reply, Request
 from gateway.protocols import chat
 from gateway.types import Endpoint
 
@@ -49,10 +49,11 @@ class UpstreamFailure(Exception):
 
 @dataclass(slots=True)
 class StreamReply:
-    """An open upstream SSE stream: ``events`` yields, per upstream read, the list of
-    complete events' ``data:`` payloads (one client write per read, not per event)."""
+    """An open upstream stream: ``events`` yields, per upstream read, the list of its
+    complete events as neutral chunks (one client write per read, not per event); the
+    upstream's own end of stream is ``gateway.model.END``."""
 
-    events: AsyncIterator[list[bytes]]
+    events: AsyncIterator[list[Chunk]]
 
     async def aclose(self) -> None:
         closer = getattr(self.events, "aclose", None)
@@ -64,8 +65,9 @@ class Provider(Protocol):
     target: TargetSettings
     capabilities: frozenset[str]
 
-    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
-        """Non-streaming call; returns the OpenAI-shaped JSON reply."""
+    async def complete(self, endpoint: Endpoint, body: Payload) -> Reply | dict[str, Any]:
+        """Non-streaming call: the neutral ``Reply`` for chat and completions, the
+        OpenAI-shaped JSON for embeddings and moderations."""
         ...
 
     async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:

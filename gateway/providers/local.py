@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from gateway.config import TargetSettings
 from gateway.errors import invalid
+from gateway.model import END, Choice, ChoiceDelta, Chunk, Message, Reply, Text, Usage
 from gateway.providers.base import Payload, StreamReply, UpstreamFailure, chat_body
 from gateway.types import Endpoint
 
@@ -121,7 +121,7 @@ class LocalProvider:
             new = out[0][enc["input_ids"].shape[1]:]
             return self._tok.decode(new, skip_special_tokens=True), int(enc["input_ids"].shape[1]), int(new.shape[0])
 
-    async def complete(self, endpoint: Endpoint, payload: Payload) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, payload: Payload) -> Reply | dict[str, Any]:
         body = chat_body(payload)
         if endpoint == "embeddings":
             if self.kind != "embeddings":
@@ -131,14 +131,13 @@ class LocalProvider:
             raise UpstreamFailure("unsupported", f"{self.target.key} only serves embeddings", status=400)
         loop = asyncio.get_running_loop()
         text, pt, ct = await loop.run_in_executor(self._executor, self._generate, self._prompt(endpoint, body), self._gen_kwargs(body))
-        usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        usage = Usage(pt, ct, pt + ct)
         created = int(time.time())
         if endpoint == "completions":
-            return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": created, "model": self.target.model,
-                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}], "usage": usage}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": created, "model": self.target.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
-                "usage": usage}
+            choice = Choice(0, Message("assistant", [Text(text)]), "stop", extra={"logprobs": None})
+            return Reply(f"cmpl-{uuid.uuid4().hex[:24]}", self.target.model, [choice], usage, created, extra={"object": "text_completion"})
+        choice = Choice(0, Message("assistant", [Text(text)], extra={"refusal": None}), "stop", extra={"logprobs": None})
+        return Reply(f"chatcmpl-{uuid.uuid4().hex[:24]}", self.target.model, [choice], usage, created, extra={"object": "chat.completion"})
 
     async def stream(self, endpoint: Endpoint, payload: Payload) -> StreamReply:
         body = chat_body(payload)
@@ -146,7 +145,7 @@ class LocalProvider:
             raise UpstreamFailure("unsupported", f"{self.target.key} cannot stream {endpoint}", status=400)
         return StreamReply(self._stream_events(endpoint, body))
 
-    async def _stream_events(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[list[bytes]]:
+    async def _stream_events(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[list[Chunk]]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self._tok, skip_prompt=True, skip_special_tokens=True, timeout=self.target.timeouts.total)
@@ -169,15 +168,10 @@ class LocalProvider:
 
         fut = loop.run_in_executor(self._executor, run)
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), self.target.model
-        chat = endpoint == "chat"
+        is_chat = endpoint == "chat"
 
-        def chunk(text: str | None, finish: str | None = None) -> bytes:
-            if chat:
-                delta = {} if text is None else {"content": text}
-                return orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
-            return orjson.dumps({"id": cid, "object": "text_completion", "created": created, "model": model,
-                                 "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]})
+        def chunk(text: str | None, finish: str | None = None) -> Chunk:
+            return Chunk(cid, model, [ChoiceDelta(0, None, text if is_chat else text or "", None, finish, {"logprobs": None})], None, created)
 
         it = iter(streamer)
         sentinel = object()
@@ -196,10 +190,8 @@ class LocalProvider:
                 # exact counts from this model's own tokenizer, as a final usage-only chunk (OpenAI's shape)
                 pt = len(self._tok(prompt)["input_ids"])
                 ct = len(self._tok("".join(pieces), add_special_tokens=False)["input_ids"])
-                usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-                tail.append(orjson.dumps({"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
-                                          "created": created, "model": model, "choices": [], "usage": usage}))
-            yield [*tail, b"[DONE]"]
+                tail.append(Chunk(cid, model, [], Usage(pt, ct, pt + ct), created))
+            yield [*tail, END]
         finally:
             stop.set()
 

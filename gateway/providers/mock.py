@@ -34,6 +34,20 @@ import numpy as np
 import orjson
 
 from gateway.config import TargetSettings
+from gateway.model import (
+    END,
+    Choice,
+    ChoiceDelta,
+    Chunk,
+    Message,
+    Part,
+    Reply,
+    Text,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from gateway.protocols import chat
 from gateway.providers.base import Payload, StreamReply, UpstreamFailure, chat_body
 from gateway.types import Endpoint
 
@@ -111,7 +125,8 @@ def mock_embedding(text: str, dim: int = 16) -> list[float]:
 
 
 class MockEngine:
-    """Builds OpenAI-shaped replies; shared by the provider and the test fake upstream."""
+    """Builds replies in the neutral model (the provider's answer) and, from them, the
+OpenAI-shaped JSON and SSE the test fake upstream sends."""
 
     def check_fault(self, model: str) -> None:
         if model.startswith("error:"):
@@ -125,7 +140,6 @@ class MockEngine:
             await asyncio.sleep(int(model.split(":", 1)[1]) / 1000)
 
     def complete(self, endpoint: Endpoint, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        created = int(time.time())
         if endpoint == "embeddings":
             inputs = body.get("input")
             items = [inputs] if isinstance(inputs, str) else list(inputs or [])
@@ -138,66 +152,51 @@ class MockEngine:
                 data.append({"object": "embedding", "index": i, "embedding": emb})
             n = sum(count_tokens(str(t)) for t in items)
             return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        return chat.reply_out(self.reply(endpoint, model, body))
+
+    def reply(self, endpoint: Endpoint, model: str, body: dict[str, Any]) -> Reply:
+        """The whole reply in the neutral model (chat or legacy completions)."""
+        created = int(time.time())
         text = reply_text(model, body)
         pt, ct = prompt_tokens(body), count_tokens(text)
-        usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        usage = Usage(pt, ct, pt + ct)
         if endpoint == "completions":
-            return {
-                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
-                "usage": usage,
-            }
+            choice = Choice(0, Message("assistant", [Text(text)]), "stop", extra={"logprobs": None})
+            return Reply(f"cmpl-{uuid.uuid4().hex[:24]}", model, [choice], usage, created, extra={"object": "text_completion"})
         call = tool_call(model, body)
-        message: dict[str, Any] = {"role": "assistant", "content": text if call is None else None, "refusal": None}
-        if call is not None:
-            message["tool_calls"] = [call]
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": "stop" if call is None else "tool_calls",
-                }
-            ],
-            "usage": usage,
-        }
+        parts: list[Part] = [Text(text)] if call is None else [ToolCall(call["id"], call["function"]["name"], call["function"]["arguments"])]
+        choice = Choice(0, Message("assistant", parts, extra={"refusal": None}), "stop" if call is None else "tool_calls",
+                        extra={"logprobs": None})
+        return Reply(f"chatcmpl-{uuid.uuid4().hex[:24]}", model, [choice], usage, created, extra={"object": "chat.completion"})
 
     async def stream_events(self, endpoint: Endpoint, model: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        """SSE data payloads, ending with ``[DONE]``."""
+        """SSE data payloads in Chat JSON, ending with ``[DONE]`` (the fake upstream's wire)."""
+        kind = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+        async for ch in self.chunks(endpoint, model, body):
+            yield b"[DONE]" if ch is END else orjson.dumps(chat.chunk_out(ch, kind))
+
+    async def chunks(self, endpoint: Endpoint, model: str, body: dict[str, Any]) -> AsyncIterator[Chunk]:
+        """The stream in the neutral model, ending with ``END``."""
         text = reply_text(model, body)
         words = text.split(" ") if text else []
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        chat = endpoint == "chat"
+        is_chat = endpoint == "chat"
+        logprobs = {"logprobs": None}
 
-        def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> bytes:
-            if chat:
-                d: dict[str, Any] = {}
-                if role:
-                    d["role"] = "assistant"
-                if delta is not None:
-                    d["content"] = delta
-                choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
-                return orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]})
-            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-            return orjson.dumps({"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [choice]})
+        def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> Chunk:
+            if is_chat:
+                c = ChoiceDelta(0, "assistant" if role else None, delta, None, finish, logprobs)
+            else:
+                c = ChoiceDelta(0, None, delta or "", None, finish, logprobs)
+            return Chunk(cid, model, [c], None, created)
 
         yield chunk("", role=True)
-        call = tool_call(model, body) if chat else None
+        call = tool_call(model, body) if is_chat else None
         if call is not None:  # the call in two deltas, as real upstreams split arguments
             args = call["function"]["arguments"]
-            first = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": args[:8]}}
-            for tc in (first, {"index": 0, "function": {"arguments": args[8:]}}):
-                choice = {"index": 0, "delta": {"tool_calls": [tc]}, "logprobs": None, "finish_reason": None}
-                yield orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]})
+            for tc in (ToolCallDelta(0, call["id"], call["function"]["name"], args[:8]), ToolCallDelta(0, None, None, args[8:])):
+                yield Chunk(cid, model, [ChoiceDelta(0, None, None, [tc], None, logprobs)], None, created)
             words = []
         for i, w in enumerate(words):
             if model == "stream-then-drop" and i == 3:
@@ -208,15 +207,13 @@ class MockEngine:
         opts = body.get("stream_options") or {}
         if opts.get("include_usage") and not model.startswith("no-usage:"):
             pt, ct = prompt_tokens(body), count_tokens(text)
-            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-            obj = "chat.completion.chunk" if chat else "text_completion"
-            yield orjson.dumps({"id": cid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage})
-        yield b"[DONE]"
+            yield Chunk(cid, model, [], Usage(pt, ct, pt + ct), created)
+        yield END
 
 
-async def _one_by_one(events: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
-    async for ev in events:
-        yield [ev]
+async def _one_by_one(chunks: AsyncIterator[Chunk]) -> AsyncIterator[list[Chunk]]:
+    async for ch in chunks:
+        yield [ch]
 
 
 class MockProvider:
@@ -226,17 +223,19 @@ class MockProvider:
         caps = target.capabilities or ("chat", "completions", "embeddings", "streaming")
         self.capabilities: frozenset[str] = frozenset(caps)
 
-    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, body: Payload) -> Reply | dict[str, Any]:
         model = self.target.model
         await self.engine.delay(model)
         self.engine.check_fault(model)
+        if endpoint in ("chat", "completions"):
+            return self.engine.reply(endpoint, model, chat_body(body))
         return self.engine.complete(endpoint, model, chat_body(body))
 
     async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:
         model = self.target.model
         await self.engine.delay(model)
         self.engine.check_fault(model)
-        return StreamReply(_one_by_one(self.engine.stream_events(endpoint, model, chat_body(body))))
+        return StreamReply(_one_by_one(self.engine.chunks(endpoint, model, chat_body(body))))
 
     async def ready(self) -> bool:
         return True

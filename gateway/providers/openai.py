@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import orjson
 
 from gateway.config import TargetSettings
+from gateway.model import END, Chunk, Reply
+from gateway.protocols import chat
 from gateway.providers.base import (
     TRACEPARENT,
     Payload,
@@ -20,6 +22,7 @@ from gateway.providers.base import (
 )
 from gateway.types import Endpoint
 
+REPLIES = frozenset({"chat", "completions"})  # endpoints whose replies read into the neutral model
 PATHS: dict[str, str] = {
     "chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings", "moderations": "/moderations",
 }
@@ -88,7 +91,12 @@ class OpenAIProvider:
     async def _send(self, request: httpx.Request) -> httpx.Response:
         return await self.transport.handle_async_request(request)
 
-    async def complete(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, body: Payload) -> Reply | dict[str, Any]:
+        data = await self._json(endpoint, body)
+        return chat.reply_in(data) if endpoint in REPLIES else data
+
+    async def _json(self, endpoint: Endpoint, body: Payload) -> dict[str, Any]:
+        """Send the request; the upstream's JSON object (a failure for anything else)."""
         with self._failures():
             resp = await self._send(self._request(endpoint, body))
             try:
@@ -122,6 +130,10 @@ class OpenAIProvider:
             raise UpstreamFailure("drop", f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
 
     async def stream(self, endpoint: Endpoint, body: Payload) -> StreamReply:
+        return StreamReply(self._events(await self._open(endpoint, body), parse_events))
+
+    async def _open(self, endpoint: Endpoint, body: Payload) -> httpx.Response:
+        """Send the request; the open streaming response (a failure for an error status)."""
         with self._failures():
             resp = await self._send(self._request(endpoint, body))
         if resp.status_code >= 400:
@@ -130,9 +142,10 @@ class OpenAIProvider:
             finally:
                 await resp.aclose()
             raise _error_from(resp, content)
-        return StreamReply(self._events(resp))
+        return resp
 
-    async def _events(self, resp: httpx.Response) -> AsyncIterator[list[bytes]]:
+    async def _events(self, resp: httpx.Response, decode: Callable[[list[bytes]], list[Chunk]]) -> AsyncIterator[list[Chunk]]:
+        """Per upstream read, its complete SSE events' payloads decoded into chunks."""
         buf = b""
         try:
             async for chunk in resp.aiter_raw():
@@ -140,19 +153,36 @@ class OpenAIProvider:
                 if b"\n\n" not in buf and b"\r\n\r\n" not in buf:
                     continue
                 events, buf = split_sse(buf)
-                if events:
-                    yield events
+                if events and (chunks := decode(events)):
+                    yield chunks
         except httpx.TransportError as exc:
             raise UpstreamFailure("drop", f"upstream stream broke: {type(exc).__name__}") from exc
         finally:
             await resp.aclose()
         if buf.strip():
             events, _ = split_sse(buf + b"\n\n")
-            if events:
-                yield events
+            if events and (chunks := decode(events)):
+                yield chunks
 
     async def ready(self) -> bool:
         return True  # reachability is learnt from traffic (circuit breaker), not probed
 
     async def aclose(self) -> None:
         return None  # the shared client is closed by the app
+
+
+def parse_event(ev: bytes) -> Chunk:
+    """One Chat SSE payload as a neutral chunk that keeps its bytes (the Chat door relays them)."""
+    if ev == b"[DONE]":
+        return END
+    try:
+        data = orjson.loads(ev)
+    except orjson.JSONDecodeError:
+        data = None
+    if type(data) is not dict:
+        return Chunk("", "", [], None, 0, ev)  # not a chunk: the Chat door passes it on as it came
+    return chat.chunk_in(data, ev)
+
+
+def parse_events(events: list[bytes]) -> list[Chunk]:
+    return [parse_event(ev) for ev in events]
