@@ -376,7 +376,12 @@ async def _pump(
                         pending = nxt
                     await release(pending)
                     continue
-                out.append(sse(chunk_bytes(chunk, kind)) if enc is None else enc.chunk(chunk))
+                if enc is not None:
+                    out.append(enc.chunk(chunk))
+                elif chunk.raw is not None:  # the Chat door relays the upstream's own event
+                    out.append(b"data: " + chunk.raw + b"\n\n")
+                else:
+                    out.append(sse(chunk_bytes(chunk, kind)))
             await flush()
             if done:
                 break

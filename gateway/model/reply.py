@@ -99,7 +99,10 @@ class Chunk:
 
     @property
     def text(self) -> str:
-        return "".join(c.text for c in self.choices if c.text)
+        choices = self.choices
+        if len(choices) == 1:  # the common chunk: one choice (read once per chunk on the hot path)
+            return choices[0].text or ""
+        return "".join(c.text for c in choices if c.text)
 
     @property
     def tool_arguments(self) -> str:

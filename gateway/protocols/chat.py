@@ -423,10 +423,8 @@ def chunk_in(data: dict[str, Any], raw: bytes | None = None) -> Chunk:
         if type(c) is not dict:
             continue
         extra = None
-        for k in c:
-            if k not in _CHOICE_KEYS:
-                extra = {k: v for k, v in c.items() if k not in _CHOICE_KEYS}
-                break
+        if not c.keys() <= _CHOICE_KEYS:
+            extra = {k: v for k, v in c.items() if k not in _CHOICE_KEYS}
         d = c.get("delta")
         if type(d) is dict:
             text = d.get("content")
@@ -437,8 +435,9 @@ def chunk_in(data: dict[str, Any], raw: bytes | None = None) -> Chunk:
             text = c.get("text")
             choices.append(ChoiceDelta(c.get("index", 0), None, text if type(text) is str else None, None, c.get("finish_reason"), extra))
     u = data.get("usage")
-    return Chunk(str(data.get("id") or ""), str(data.get("model") or ""), choices, usage_in(u) if u else None,
-                 data.get("created") or 0, raw)
+    cid, model = data.get("id"), data.get("model")
+    return Chunk(cid if type(cid) is str else str(cid or ""), model if type(model) is str else str(model or ""), choices,
+                 usage_in(u) if u else None, data.get("created") or 0, raw)
 
 
 def chunk_out(ch: Chunk, kind: str = "chat.completion.chunk") -> dict[str, Any]:
