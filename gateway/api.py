@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -187,11 +189,11 @@ async def handle_complete(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, 
         body = door.render(ctx, reply)
         if rt.log_bodies:
             ctx.record.response_body = chat.reply_out(reply)
+    if door is not None:  # before the client has the reply (a stored response is then retrievable)
+        await door.after(rt, ctx)
     ctx.record.status = 200
     await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers_list(ctx)]})
     await send({"type": "http.response.body", "body": body})
-    if door is not None:
-        await door.after(rt, ctx)
 
 
 async def _send_json(rt: Runtime, ctx: RequestContext, reply: dict[str, Any], send: Send) -> None:
@@ -264,7 +266,8 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
     texts: list[str] = ctx.state.get(STREAM_TEXT, [])
     door = ctx.state.get(DOOR)
     enc = door.encoder(ctx) if door is not None else None
-    pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send, texts, enc))
+    after = None if door is None else functools.partial(door.after, rt, ctx)
+    pump = asyncio.ensure_future(_pump(ctx, reply, first, filters, client_wants_usage, send, texts, enc, after))
     watch = asyncio.ensure_future(_wait_disconnect(receive))
     try:
         done, _ = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -277,8 +280,6 @@ async def handle_stream(rt: Runtime, ctx: RequestContext, endpoint: Endpoint, ro
                 await pump
         else:
             pump.result()
-            if door is not None:
-                await door.after(rt, ctx)
     finally:
         watch.cancel()
         await reply.aclose()
@@ -322,6 +323,7 @@ async def _pump(
     send: Send,
     streamed: list[str],
     enc: StreamEncoder | None = None,
+    after: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Relay upstream events; each upstream read becomes one client write.
 
@@ -355,6 +357,8 @@ async def _pump(
                     for f in filters:
                         await release(await f.finish())
                     out.append(b"data: [DONE]\n\n" if enc is None else enc.done(rec.completion_tokens))
+                    if after is not None:  # the door's work on the finished reply, before its last event
+                        await after()
                     done = True
                     break
                 if rec.response_model is None and chunk.model:
@@ -395,6 +399,8 @@ async def _pump(
                     await release(await f.finish())
                 if enc is not None:
                     out.append(enc.done(rec.completion_tokens))
+                if after is not None:
+                    await after()
                 await flush()
             finally:
                 ctx.upstream_seconds += clock() - t0

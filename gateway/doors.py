@@ -44,7 +44,8 @@ class Door(Protocol):
     def encoder(self, ctx: RequestContext) -> StreamEncoder: ...
 
     async def after(self, rt: Any, ctx: RequestContext) -> None:
-        """Called once the whole reply (or stream) was sent."""
+        """Called once the whole reply is rendered (a stream: after its last event is rendered),
+        before the client receives it, so a stored response is retrievable when the client has it."""
 
 
 class MessagesDoor:

@@ -108,3 +108,8 @@ def test_other_tenants_cannot_read_a_stored_response(fake_upstream, tmp_path: Pa
             globex.responses.retrieve(kept.id)
         with pytest.raises(openai.NotFoundError):
             globex.responses.create(model="echo", input="x", previous_response_id=kept.id)
+        # the store is written before the client gets the reply: a streamed response is
+        # retrievable as soon as its response.completed event has arrived
+        with acme.responses.stream(model="echo", input="streamed secret", store=True) as stream:
+            done = stream.get_final_response()
+        assert acme.responses.retrieve(done.id).output_text == "streamed secret"
