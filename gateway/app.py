@@ -303,7 +303,7 @@ class Dispatch:
                 body = await parse_json(raw)
             except orjson.JSONDecodeError as exc:
                 raise GatewayError(ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}.") from None
-        limits.check_request(endpoint, body, rt.settings.limits)  # before anything recursive touches it
+        await limits.acheck_request(endpoint, body, rt.settings.limits, len(raw))  # before anything recursive touches it
         request = api.chat_door(body, rt.settings.limits) if endpoint == "chat" else None
         headers = {CONTEXT_HEADERS[k]: v.decode("latin-1") for k, v in scope["headers"] if k in CONTEXT_HEADERS}
         ctx = RequestContext(

@@ -12,6 +12,7 @@ everything else (admin, prompts admin, feedback, keys) ``limits.max_control_body
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,15 +132,40 @@ def check_messages(req: Request, limits: LimitSettings) -> None:
                 _check_text(text, limits.max_text_chars, content_param(i, m, path) + ("" if m.plain else ".text"))
 
 
+# the doors whose body carries ``messages`` (counted before anything walks or translates them)
+_MESSAGE_DOORS = frozenset({"chat", "messages"})
+
+
 def check_request(endpoint: str, body: Any, limits: LimitSettings) -> None:
-    """The caps on an inference request body; run right after parsing, before validation."""
+    """The caps on an inference request body; run right after parsing, before validation.
+
+    Cheap caps first (model name, the number of turns or inputs, each input's length: a
+    look at the top level), then the depth walk, which visits every container of the body:
+    a 10,000-message request is refused on its count without being walked or translated."""
+    check_counts(endpoint, body, limits)
     check_depth(body, limits.max_json_depth)
+
+
+async def acheck_request(endpoint: str, body: Any, limits: LimitSettings, size: int) -> None:
+    """``check_request`` with the depth walk in a worker thread when the body is large (as
+    ``gateway.asgi.parse_json`` parses it), so a big body is not walked on the event loop."""
+    from gateway.asgi import LARGE_BODY
+
+    check_counts(endpoint, body, limits)
+    if size < LARGE_BODY:
+        check_depth(body, limits.max_json_depth)
+    else:
+        await asyncio.to_thread(check_depth, body, limits.max_json_depth)
+
+
+def check_counts(endpoint: str, body: Any, limits: LimitSettings) -> None:
+    """The caps that look at the top level of the body only: model name, counts, input lengths."""
     if not isinstance(body, dict):
         return
     model = body.get("model")
     if isinstance(model, str) and len(model) > limits.max_model_chars:
         raise exceeded(f"'model' is {len(model)} characters; the limit is {limits.max_model_chars} (limits.max_model_chars).", "model")
-    if endpoint == "chat":
+    if endpoint in _MESSAGE_DOORS:
         msgs = body.get("messages")
         if isinstance(msgs, list):  # the count before anything is built per turn; the rest: check_messages
             _check_count(len(msgs), limits)
