@@ -1,11 +1,19 @@
 """Admission control for guardrail checks: under overload, shed; never disarm.
 
-Every text a request wants checked takes a slot until its checks end. When the slots
-are taken, a new request is refused at once with 503 ``overloaded`` and ``Retry-After``
-(in the door's error shape), instead of queueing behind the model until its checks
-time out and a fail-open rule lets it through unchecked. A request larger than the
-whole capacity still runs when nothing else is in flight (the caps in ``limits:``
-bound it), so no valid request is refused forever.
+Every text a request wants checked takes a slot until its checks end. A new request is
+refused at once with 503 ``overloaded`` and ``Retry-After`` (in the door's error shape),
+instead of queueing behind the model until its checks time out (and a fail-open rule
+lets it through unchecked), when either
+
+- the slots are taken (``capacity`` texts in flight), or
+- **it could not be checked in time**: the texts ahead of it plus its own, at the rate the
+  checks have been clearing texts, would take longer than its ``deadline`` (the shortest
+  check timeout of the rules it meets, times ``DEADLINE_SHARE``). The rate is measured, not
+  configured: texts released per second of busy time (time with any text in flight), as an
+  exponentially weighted average, so it follows the scorer on this machine under this load.
+
+A request arriving when nothing is in flight always runs (the caps in ``limits:`` bound
+it, and it refreshes the rate), so no valid request is refused forever.
 
 Output checks (whole replies, stream windows) always get their slots: the upstream
 already ran, and refusing would waste it; they still count, so inputs shed sooner.
@@ -13,41 +21,111 @@ already ran, and refusing would waste it; they still count, so inputs shed soone
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from gateway.errors import ErrorKind, GatewayError
 
+DEADLINE_SHARE = 0.8  # of the check timeout: the estimate is an average, leave room for the noise
+RATE_DECAY = 0.7  # weight of the history in the rate average at each release
+MIN_BUSY_SECONDS = 0.01  # busy time a rate sample needs (shorter: accumulated into the next)
+
 
 class CheckAdmission:
-    def __init__(self, capacity: int, retry_after: int = 1, *, gauge: Any = None, shed: Any = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        retry_after: int = 1,
+        *,
+        gauge: Any = None,
+        shed: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.capacity = capacity
         self.retry_after = retry_after
         self.in_flight = 0
         self._gauge = gauge
         self._shed = shed
+        self.clock = clock
+        # the measured rate: decayed sums of texts released and busy seconds
+        self._texts = 0.0
+        self._busy = 0.0
+        self._pending_texts = 0  # released since the last sample
+        self._pending_busy = 0.0
+        self._busy_since: float | None = None  # the last change of in_flight while it was > 0
+
+    # -- the rate ------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> float | None:
+        """Texts the checks clear per second of busy time, or None before the first sample."""
+        return self._texts / self._busy if self._busy > 0 else None
+
+    def drain_seconds(self, texts: int = 0) -> float | None:
+        """How long the texts in flight plus ``texts`` more would take to clear at the measured rate."""
+        rate = self.rate
+        return None if rate is None else (self.in_flight + texts) / rate
+
+    def _released(self, texts: int) -> None:
+        self._pending_texts += texts
+        if self._pending_busy < MIN_BUSY_SECONDS:
+            return
+        self._texts = RATE_DECAY * self._texts + self._pending_texts
+        self._busy = RATE_DECAY * self._busy + self._pending_busy
+        self._pending_texts = 0
+        self._pending_busy = 0.0
 
     def _set(self, delta: int) -> None:
+        now = self.clock()
+        if self._busy_since is not None:  # busy time counts only while some text is in flight
+            self._pending_busy += now - self._busy_since
         self.in_flight += delta
+        self._busy_since = now if self.in_flight > 0 else None
         if self._gauge is not None:
             self._gauge.set(self.in_flight)
 
+    # -- admission -----------------------------------------------------------------------
+
+    def _refuse(self, why: str, retry_after: int, headers: dict[str, str] | None) -> GatewayError:
+        if self._shed is not None:
+            self._shed.inc()
+        return GatewayError(
+            ErrorKind.OVERLOADED,
+            f"The gateway's guardrail checks are {why}; retry after {retry_after} s. "
+            "Requests are refused, never passed unchecked.",
+            headers={**(headers or {}), "retry-after": str(retry_after)},
+        )
+
     @contextmanager
-    def admit(self, texts: int, *, force: bool = False, headers: dict[str, str] | None = None) -> Iterator[None]:
-        """Hold ``texts`` slots for the block; raise 503 when they are not free (unless ``force``)."""
+    def admit(
+        self,
+        texts: int,
+        *,
+        force: bool = False,
+        deadline: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[None]:
+        """Hold ``texts`` slots for the block; raise 503 when they are not free, or when the
+        checks could not finish them within ``deadline`` seconds (unless ``force``)."""
         n = min(texts, self.capacity)
-        if not force and self.in_flight > 0 and self.in_flight + n > self.capacity:
-            if self._shed is not None:
-                self._shed.inc()
-            raise GatewayError(
-                ErrorKind.OVERLOADED,
-                f"The gateway's guardrail checks are at capacity ({self.capacity} texts in flight); "
-                f"retry after {self.retry_after} s. Requests are refused, never passed unchecked.",
-                headers={**(headers or {}), "retry-after": str(self.retry_after)},
-            )
+        if not force and self.in_flight > 0:
+            if self.in_flight + n > self.capacity:
+                raise self._refuse(f"at capacity ({self.capacity} texts in flight)", self.retry_after, headers)
+            drain = self.drain_seconds(texts)
+            if deadline is not None and drain is not None and drain > deadline * DEADLINE_SHARE:
+                # Retry-After: when the texts ahead of it should have cleared
+                wait = max(self.retry_after, math.ceil(self.in_flight / (self.rate or 1.0)))
+                raise self._refuse(
+                    f"behind: {self.in_flight} texts ahead of this request's {texts} would take ~{drain:.1f} s "
+                    f"at the measured {self.rate:.0f} texts/s, longer than its {deadline:g} s check timeout",
+                    wait, headers,
+                )
         self._set(n)
         try:
             yield
         finally:
             self._set(-n)
+            self._released(n)

@@ -1,7 +1,10 @@
 """The inline guardrail stage: policy checks on requests, replies and streams.
 
 Input (``on_request``): every user turn's text (``ctx.request``, any door), prompt
-(completions) or input (embeddings) is checked separately and concurrently. ``block``
+(completions) or input (embeddings) is checked; the texts of one request go to each check
+together, in one batch per role (``Engine.evaluate_batch``: one scorer call, verdicts
+aggregated per rule and check), and admission first asks whether they can be checked
+within the checks' timeout (``gateway.admission``). ``block``
 raises 400 ``content_policy_violation`` with the rule and category; ``redact``
 rewrites the text (``Message.set_text``) before routing; ``flag``/``shadow`` only
 record verdicts.
@@ -44,7 +47,7 @@ from gateway.guard_verdicts import public_detail as _public_detail
 from gateway.model import Message, Opaque, Reply
 from gateway.protocols import chat
 from gateway.types import BaseStage, RequestContext, Verdict
-from policies.engine import Engine, Outcome
+from policies.engine import BatchOutcome, Engine, Outcome
 from policies.policy_set import PolicySet, Rule
 from policies.reload import PolicyWatcher
 
@@ -106,18 +109,20 @@ class GuardrailMetrics:
         )
 
     def observe(self, v: Verdict) -> None:
-        self.checks.labels(v.check, "error" if v.category == "error" else v.action).inc()
+        """One verdict, standing for ``v.count`` texts (a batch's verdicts come grouped)."""
+        n = v.count
+        self.checks.labels(v.check, "error" if v.category == "error" else v.action).inc(n)
         self.latency.labels(v.check).observe(v.latency_ms / 1000.0)
         d = v.detail
         if d:
             if d.get("unscored_language"):
-                self.unscored.labels(v.direction, str(d.get("language", "und"))).inc()
+                self.unscored.labels(v.direction, str(d.get("language", "und"))).inc(n)
             tier = d.get("tier")
             if tier is not None:
-                self.tiers.labels(v.check, str(tier)).inc()
+                self.tiers.labels(v.check, str(tier)).inc(n)
         if v.category == "error" and v.action == "pass":
             # the text went on unchecked: every one is counted and alerted on
-            self.fail_open.labels(v.rule, v.check).inc()
+            self.fail_open.labels(v.rule, v.check).inc(n)
 
 
 @dataclass(slots=True)
@@ -204,6 +209,15 @@ def _compact(verdicts: list[Verdict]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
+def check_deadline(rules: list[Rule]) -> float | None:
+    """The time a request's input checks have: the shortest timeout of the enforced model-backed
+    checks it meets (pattern checks take microseconds; a shadow check's failure changes nothing)."""
+    return min(
+        (c.timeout_s for r in rules for c in r.checks if c.type not in ("pii", "regex") and c.action != "shadow"),
+        default=None,
+    )
+
+
 def _worst(outcomes: list[Outcome]) -> Outcome:
     from policies.engine import SEVERITY
 
@@ -277,11 +291,13 @@ class GuardrailStage(BaseStage):
         return self.admission.retry_after if self.admission is not None else 1
 
     @contextlib.asynccontextmanager
-    async def _admitted(self, texts: int, ctx: RequestContext, force: bool = False) -> AsyncIterator[None]:
+    async def _admitted(
+        self, texts: int, ctx: RequestContext, force: bool = False, deadline: float | None = None
+    ) -> AsyncIterator[None]:
         if self.admission is None:
             yield
             return
-        with self.admission.admit(texts, force=force, headers=dict(ctx.response_headers)):
+        with self.admission.admit(texts, force=force, deadline=deadline, headers=dict(ctx.response_headers)):
             yield
 
     def _state(self, ctx: RequestContext) -> _RequestState:
@@ -324,6 +340,34 @@ class GuardrailStage(BaseStage):
             _note_role(outcome.verdicts, role)
         return outcome
 
+    async def _evaluate_all(
+        self, rules: list[Rule], direction: str, items: list[tuple[str, str]]
+    ) -> tuple[list[Outcome], list[Verdict], list[int]]:
+        """Every (role, text) checked by the rules that look at its role: one batch per role,
+        each check called once per batch. Returns the outcome per item (in order), the
+        verdicts aggregated per (rule, check) and role, and for each verdict the item it came from."""
+        by_role: dict[str, list[int]] = {}
+        for i, (role, _) in enumerate(items):
+            by_role.setdefault(role, []).append(i)
+
+        async def one(role: str, idx: list[int]) -> BatchOutcome:
+            scoped = [r for r in rules if r.covers(direction, role)]
+            return await self.engine.evaluate_batch(scoped, direction, [items[i][1] for i in idx])
+
+        groups = list(by_role.items())
+        batches = await asyncio.gather(*(one(role, idx) for role, idx in groups))
+        outcomes: list[Outcome] = [Outcome()] * len(items)
+        verdicts: list[Verdict] = []
+        worst_of: list[int] = []
+        for (role, idx), b in zip(groups, batches, strict=True):
+            for i, o in zip(idx, b.outcomes, strict=True):
+                outcomes[i] = o
+            if role not in ("user", "assistant"):
+                _note_role(b.verdicts, role)
+            verdicts.extend(b.verdicts)
+            worst_of.extend(idx[j] for j in b.worst_of)
+        return outcomes, verdicts, worst_of
+
     async def on_request(self, ctx: RequestContext) -> None:
         st = self._state(ctx)
         rules = self._rules(ctx, st, "input")
@@ -332,10 +376,10 @@ class GuardrailStage(BaseStage):
         param, targets = _input_texts(ctx, {role for r in rules for role in r.roles_for("input")})
         if not targets:
             return
-        async with self._admitted(len(targets), ctx):
-            outcomes = await asyncio.gather(*(self._evaluate(rules, "input", role, t) for role, t, _ in targets))
-        self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
-        worst = _worst(list(outcomes))
+        async with self._admitted(len(targets), ctx, deadline=check_deadline(rules)):
+            outcomes, verdicts, _ = await self._evaluate_all(rules, "input", [(role, t) for role, t, _ in targets])
+        self._record(ctx, st, rules, verdicts)
+        worst = _worst(outcomes)
         if worst.blocked and worst.blocked_by is not None:
             v = worst.blocked_by
             if v.category == "error":
@@ -360,18 +404,16 @@ class GuardrailStage(BaseStage):
 
     async def check_passages(self, ctx: RequestContext, passages: list[str]) -> list[str | None]:
         """Grounding asks before it injects retrieved passages: rules scoped to the
-        `grounding` role run on each; a blocked passage is dropped (None), a redacted
-        one rewritten; the request itself goes on."""
+        `grounding` role run on them (one batch); a blocked passage is dropped (None), a
+        redacted one rewritten; the request itself goes on."""
         st = self._state(ctx)
         rules = [r for r in self._rules(ctx, st, "input") if r.covers("input", "grounding")]
         if not rules or not passages:
             return list(passages)
-        outcomes = await asyncio.gather(*(self._evaluate(rules, "input", "grounding", p) for p in passages))
-        for n, o in enumerate(outcomes, 1):
-            for v in o.verdicts:
-                assert v.detail is not None
-                v.detail["passage"] = n
-        self._record(ctx, st, rules, [v for o in outcomes for v in o.verdicts])
+        outcomes, verdicts, worst_of = await self._evaluate_all(rules, "input", [("grounding", p) for p in passages])
+        for v, i in zip(verdicts, worst_of, strict=True):
+            v.detail = {**(v.detail or {}), "passage": i + 1}  # the passage the group's worst verdict is about
+        self._record(ctx, st, rules, verdicts)
         return [None if o.blocked else o.text for o in outcomes]
 
     async def on_response(self, ctx: RequestContext, reply: Reply) -> Reply:

@@ -7,6 +7,12 @@ action is the most severe one that fired: block > redact > flag > pass; a
 ``shadow`` check is evaluated and recorded but never enforced. A check that
 fails or times out passes with an ``error`` verdict when ``on_error: open``
 and blocks when ``on_error: closed``.
+
+``evaluate_batch`` checks many texts at once (a request's turns or inputs): each check
+runs once for all of them, under one timeout, with one scorer call and one language
+detection (in a worker thread) for the whole batch, and its verdicts are aggregated per
+(rule, check) as they are made: the worst one stands for the group with a ``count``.
+The event loop does linear, cheap work per text and yields every ``YIELD_EVERY`` texts.
 """
 
 from __future__ import annotations
@@ -102,6 +108,87 @@ class _Shared:
                 t.cancel()
 
 
+@dataclass(slots=True)
+class BatchOutcome:
+    """What ``evaluate_batch`` decided for a list of texts."""
+
+    outcomes: list[Outcome]  # one per text, in order: action, text (redacted), blocked_by, redactions; no verdicts
+    verdicts: list[Verdict]  # one per (rule, check): the worst verdict, ``count`` = the texts it covers
+    worst_of: list[int]  # for each verdict, the index of the text it came from
+
+    @property
+    def worst(self) -> Outcome:
+        """The most severe outcome (the first blocked text, else the first most severe)."""
+        best = Outcome()
+        for o in self.outcomes:
+            if SEVERITY.get(o.action, 0) > SEVERITY.get(best.action, 0):
+                best = o
+        return best
+
+
+class _Batch:
+    """Model calls made at most once per batch of texts, shared by every rule: one scorer call
+    for all the texts, one language detection pass, and per-text calls (guards, recitation)
+    keyed by the text's index."""
+
+    def __init__(self, texts: list[str], direction: str) -> None:
+        self.texts = texts
+        self.direction = direction
+        self.tasks: dict[str, asyncio.Future[Any]] = {}
+
+    def get(self, name: str, make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        task = self.tasks.get(name)
+        if task is None:
+            task = asyncio.ensure_future(make())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self.tasks[name] = task
+        return task
+
+    def cancel(self) -> None:
+        for t in self.tasks.values():
+            if not t.done():
+                t.cancel()
+
+
+class _InBatch(_Shared):
+    """One text of a batch, for the checks that call a model per text: its calls are the batch's."""
+
+    def __init__(self, batch: _Batch, j: int) -> None:
+        super().__init__(batch.texts[j], batch.direction)
+        self.batch = batch
+        self.j = j
+
+    def get(self, name: str, make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        return self.batch.get(f"{name}#{self.j}", make)
+
+
+def _done(value: Any) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
+
+
+def _detect_all(texts: list[str]) -> list[str]:
+    from evaluators.safety.language import detect
+
+    return [detect(t) for t in texts]
+
+
+async def _languages(texts: list[str]) -> list[str]:
+    """Each text's language: inline for a small batch (tens of microseconds a sentence),
+    in one worker-thread call for a large one."""
+    if len(texts) <= INLINE_DETECT_TEXTS and sum(map(len, texts)) <= INLINE_SCAN_CHARS:
+        return _detect_all(texts)
+    return await asyncio.to_thread(_detect_all, texts)
+
+
+INLINE_DETECT_TEXTS = 16  # more texts than this: language detection in a worker thread
+YIELD_EVERY = 128  # texts handled on the event loop between two yields to other tasks
+# how bad a verdict is when one stands for a group: the enforced action, a check that
+# could not run, then the score (the same order as the guardrail stage's merge)
+_RANK = {"pass": 0, "shadow": 1, "flag": 2, "redact": 3, "block": 4}
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(pattern: str, ignore_case: bool) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
@@ -171,6 +258,141 @@ class Engine:
             outcome.redactions = sorted(s for v, spans in results if v.action == "redact" for s in spans)
             outcome.text = redact(text, outcome.redactions)
         return outcome
+
+    async def evaluate_batch(self, rules: Sequence[Rule], direction: str, texts: Sequence[str]) -> BatchOutcome:
+        """Every check of ``rules`` on every text, one call per check for the whole batch.
+
+        Each text's outcome is decided as ``evaluate_rules`` would (the most severe action,
+        the first blocking verdict, the redactions of every redacting check), but verdicts
+        are aggregated per (rule, check) while they are made, and metrics are observed per
+        group, so the work on the event loop is a short linear pass per check."""
+        outcomes = [Outcome(text=t) for t in texts]
+        live = [i for i, t in enumerate(texts) if t.strip()]
+        if not rules or not live:
+            return BatchOutcome(outcomes, [], [])
+        batch = _Batch([texts[i] for i in live], direction)
+        pairs = [(rule, check) for rule in rules for check in rule.checks]
+        try:
+            runs = await asyncio.gather(*(self._run_batch(rule, check, direction, batch) for rule, check in pairs))
+        finally:
+            batch.cancel()
+        verdicts: list[Verdict] = []
+        worst_of: list[int] = []
+        spans: dict[int, list[Span]] = {}
+        for (rule, check), (results, latency_ms) in zip(pairs, runs, strict=True):
+            worst: tuple[int, bool, float] | None = None
+            worst_j = 0
+            groups: dict[tuple[str, bool, Any, Any], list[Any]] = {}  # metrics: one observation per group
+            for j, (action, res) in enumerate(results):
+                i = live[j]
+                rank = (_RANK.get(action, 0), res.category == "error", res.score)
+                if worst is None or rank > worst:
+                    worst, worst_j = rank, j
+                o = outcomes[i]
+                if action in SEVERITY and SEVERITY[action] > SEVERITY[o.action]:
+                    o.action = action
+                    o.blocked_by = self._verdict(rule, check, direction, action, res, latency_ms) if action == "block" else None
+                if action == "redact" and res.spans:
+                    spans.setdefault(i, []).extend(res.spans)
+                d = res.detail or {}
+                key = (action, res.category == "error", d.get("tier"), d.get("language") if d.get("unscored_language") else None)
+                g = groups.get(key)
+                if g is None:
+                    groups[key] = [j, 1]
+                else:
+                    g[1] += 1
+                if j % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # a long batch leaves the loop to other requests now and then
+            action, res = results[worst_j]
+            v = self._verdict(rule, check, direction, action, res, latency_ms)
+            v.count = len(results)
+            verdicts.append(v)
+            worst_of.append(live[worst_j])
+            for j, n in groups.values():
+                a, r = results[j]
+                seen = self._verdict(rule, check, direction, a, r, latency_ms)
+                seen.count = n
+                self._observe(seen)
+        for i, found in spans.items():
+            o = outcomes[i]
+            if o.action == "redact":
+                o.redactions = sorted(found)
+                o.text = redact(texts[i], o.redactions)
+        return BatchOutcome(outcomes, verdicts, worst_of)
+
+    @staticmethod
+    def _verdict(rule: Rule, check: BoundCheck, direction: str, action: str, res: _Result, latency_ms: float) -> Verdict:
+        return Verdict(rule.id, check.type, res.category, round(float(res.score), 4), action, direction,
+                       latency_ms=latency_ms, detail=res.detail)
+
+    async def _run_batch(self, rule: Rule, check: BoundCheck, direction: str, batch: _Batch) -> tuple[list[tuple[str, _Result]], float]:
+        """One check on every text of the batch under the check's timeout: (action, result) per text."""
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.wait_for(self._check_batch(check, batch), check.timeout_s)
+        except Exception as exc:  # a broken or slow check: the rule's on_error decides, for every text
+            timeout = isinstance(exc, TimeoutError)
+            reason = "timeout" if timeout else f"{type(exc).__name__}: {exc}"
+            if check.action == "shadow":
+                action = "shadow"  # never enforced either way; not a fail-open
+            elif check.on_error == "open":
+                action = "pass"
+            else:
+                action = "block"
+            self._warn_failed(rule.id, check.type, reason, "timeout" if timeout else type(exc).__name__, check.on_error)
+            failed = _Result(False, "error", 0.0, {"error": reason, "on_error": check.on_error})
+            return [(action, failed)] * len(batch.texts), (time.perf_counter() - t0) * 1000
+        out: list[tuple[str, _Result]] = []
+        for res in results:
+            action = "pass"
+            if res.fired:
+                # a shadow check stays shadow whatever its result asks for
+                action = check.action if check.action == "shadow" or res.action is None else res.action
+            out.append((action, res))
+        return out, (time.perf_counter() - t0) * 1000
+
+    async def _check_batch(self, check: BoundCheck, batch: _Batch) -> list[_Result]:
+        spec = check.spec
+        texts = batch.texts
+        if spec.type in ("pii", "regex"):
+            scan = _pii if spec.type == "pii" else _regex
+            if sum(map(len, texts)) <= INLINE_SCAN_CHARS:
+                return [scan(spec, t) for t in texts]  # microseconds: not worth a thread hop
+            # many or long texts: one worker-thread call for the batch, so the event loop keeps serving
+            return await asyncio.to_thread(lambda: [scan(spec, t) for t in texts])
+        if spec.type == "safety":
+            scorer = self.safety
+            if scorer is None:
+                raise CheckUnavailable("no safety scorer is loaded (see `safety.backend` in the gateway config)")
+            # one scorer call and one language pass for every text, shared by every rule
+            scores = await asyncio.shield(batch.get("safety", lambda: scorer.ascore(list(texts))))
+            langs = await asyncio.shield(batch.get("language", lambda: _languages(texts)))
+
+            def decide(j: int) -> Awaitable[Any]:
+                def get(name: str, make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+                    if name == "safety":
+                        return _done([scores[j]])
+                    return batch.get(f"{name}#{j}", make)  # a guard call: per text
+
+                return safety_decision(spec, texts[j], batch.direction, scorer, get, {"language": langs[j]}, self.guard)
+
+            if spec.escalate is None:  # decided locally: no text waits on anything
+                decisions = []
+                for j in range(len(texts)):
+                    decisions.append(await decide(j))
+                    if j % YIELD_EVERY == YIELD_EVERY - 1:
+                        await asyncio.sleep(0)
+            else:
+                decisions = list(await asyncio.gather(*(decide(j) for j in range(len(texts)))))
+            out = []
+            for d in decisions:
+                if d.action == "pass" and d.category == "error":  # the guard failed, escalate.on_error: open
+                    out.append(_Result(False, d.category, d.score, d.detail))
+                else:
+                    out.append(_Result(d.fired, d.category, d.score, d.detail, action=d.action))
+            return out
+        # per-text calls (guard models, the recitation index): concurrent, shared across rules by index
+        return list(await asyncio.gather(*(self._check(check, _InBatch(batch, j)) for j in range(len(texts)))))
 
     async def _run(self, rule: Rule, check: BoundCheck, direction: str, shared: _Shared) -> tuple[Verdict, list[Span]]:
         t0 = time.perf_counter()
@@ -270,7 +492,7 @@ class Engine:
         raise CheckUnavailable(f"unknown check type {spec.type!r}")  # pragma: no cover - the schema prevents it
 
 
-INLINE_SCAN_CHARS = 4096  # longer texts are scanned (pii, regex) in a worker thread
+INLINE_SCAN_CHARS = 4096  # longer texts (or batches) are scanned (pii, regex) in a worker thread
 
 
 def _pii(spec: Any, text: str) -> _Result:
