@@ -62,6 +62,9 @@ class LimitSettings(Strict):
     max_model_chars: int = Field(256, ge=1)
     max_header_bytes: int = Field(16 * 1024, ge=1024)  # all request headers together
     max_control_body_bytes: int = Field(1024 * 1024, ge=1024)  # admin, feedback, keys: every non-inference endpoint
+    # texts one request may send through the guardrail checks (turns, parts, inputs together): size it
+    # to what the scorer checks within the check timeout (docs/operations.md); past it: 400 limit_exceeded
+    max_checked_texts: int = Field(4096, ge=1)
     # texts in guardrail checks at once (all requests); past it new requests get 503 + Retry-After
     guardrail_capacity: int = Field(256, ge=1)
     retry_after_seconds: int = Field(1, ge=1)

@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.admission import CheckAdmission
+from gateway.config import LimitSettings
 from gateway.errors import ErrorKind, GatewayError, invalid
 from gateway.guard_output import HoldbackFilter, check_reply
 from gateway.guard_verdicts import block_message as _block_message
 from gateway.guard_verdicts import merge_verdicts as merge_verdicts
 from gateway.guard_verdicts import note_role as _note_role
 from gateway.guard_verdicts import public_detail as _public_detail
+from gateway.limits import check_texts
 from gateway.model import Message, Opaque, Reply
 from gateway.protocols import chat
 from gateway.types import BaseStage, RequestContext, Verdict
@@ -243,8 +245,10 @@ class GuardrailStage(BaseStage):
         watcher: PolicyWatcher | None = None,
         model_loader: Callable[[PolicySet], Any] | None = None,
         admission: CheckAdmission | None = None,
+        limits: LimitSettings | None = None,
     ) -> None:
         self.engine = engine
+        self.limits = limits
         self.metrics = metrics or GuardrailMetrics()
         self.admission = admission
         self.default_policy = default_policy
@@ -376,6 +380,8 @@ class GuardrailStage(BaseStage):
         param, targets = _input_texts(ctx, {role for r in rules for role in r.roles_for("input")})
         if not targets:
             return
+        if self.limits is not None:
+            check_texts(len(targets), self.limits, param)
         async with self._admitted(len(targets), ctx, deadline=check_deadline(rules)):
             outcomes, verdicts, _ = await self._evaluate_all(rules, "input", [(role, t) for role, t, _ in targets])
         self._record(ctx, st, rules, verdicts)
@@ -447,7 +453,9 @@ async def build_stage(services: Any) -> GuardrailStage | None:
     loader = _ModelLoader(services, engine, metrics)
     lim = settings.limits
     admission = CheckAdmission(lim.guardrail_capacity, lim.retry_after_seconds, gauge=metrics.in_flight, shed=metrics.shed)
-    stage = GuardrailStage(engine, metrics=metrics, default_policy=cfg.default_policy, model_loader=loader, admission=admission)
+    stage = GuardrailStage(
+        engine, metrics=metrics, default_policy=cfg.default_policy, model_loader=loader, admission=admission, limits=lim
+    )
     await stage.set_policies(policies)
     services.passage_check = stage.check_passages  # grounding checks passages before injecting them
     if cfg.default_policy and not policies.has_policy(cfg.default_policy):

@@ -119,6 +119,17 @@ def _check_count(n: int, limits: LimitSettings) -> None:
         raise exceeded(f"'messages' has {n} items; the limit is {limits.max_messages} (limits.max_messages).", "messages")
 
 
+def check_texts(n: int, limits: LimitSettings, param: str) -> None:
+    """The cap on the texts one request sends through the guardrail checks (all its turns, parts or
+    inputs): a request the scorer cannot check within the check timeout would only time out."""
+    if n > limits.max_checked_texts:
+        raise exceeded(
+            f"'{param}' has {n} texts to check; the limit is {limits.max_checked_texts} per request "
+            "(limits.max_checked_texts): split the request.",
+            param,
+        )
+
+
 def check_messages(req: Request, limits: LimitSettings) -> None:
     """The caps on a chat request's turns (any door), on the neutral model: the number of turns,
     parts per turn, characters per text."""

@@ -211,3 +211,24 @@ async def test_the_stage_passes_the_checks_deadline_to_admission() -> None:
     assert exc.value.status == 503
     gate.set()
     await first
+
+
+async def test_more_texts_than_the_checks_may_take_is_a_400_before_any_check() -> None:
+    scorer = CountingScorer()
+    st = stage(scorer, limits=LimitSettings(max_checked_texts=20))
+    await st.on_request(ctx_for(users(20)))
+    with pytest.raises(GatewayError) as exc:
+        await st.on_request(ctx_for(users(21)))
+    err = exc.value.body()["error"]
+    assert exc.value.status == 400 and err["code"] == "limit_exceeded" and err["param"] == "messages"
+    assert "max_checked_texts" in err["message"]
+    assert len(scorer.calls) == 1  # the refused request reached no check
+
+
+def test_the_demo_caps_checked_texts() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    demo = yaml.safe_load((Path(__file__).parents[1] / "gateway" / "demo.yaml").read_text())
+    assert LimitSettings(**demo["limits"]).max_checked_texts < LimitSettings().max_inputs

@@ -166,8 +166,12 @@ def attacks(big_reply_chars: int, run: str) -> list[Attack]:
     template = "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}"
     admin = {"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
     return [
-        Attack("chat-1000-messages", "chat, 1,000 short messages (~50 KB; under max_messages)", "POST", "/v1/chat/completions",
-               chat(short_messages(1000, run + "a"))),
+        Attack("chat-1000-messages", "chat, 1,000 short messages (~50 KB; under max_messages, over the demo's max_checked_texts)",
+               "POST", "/v1/chat/completions", chat(short_messages(1000, run + "a"))),
+        Attack("chat-500-messages", "chat, 500 short messages (under the demo's max_checked_texts: checked)", "POST",
+               "/v1/chat/completions", chat(short_messages(500, run + "h"))),
+        Attack("embeddings-500-inputs", "embeddings, 500 inputs (under max_checked_texts: checked)", "POST", "/v1/embeddings",
+               _dumps({"model": "minilm", "input": [f"input number {i} about ponds ({run})" for i in range(500)]})),
         Attack("chat-10000-messages", "chat, 10,000 short messages", "POST", "/v1/chat/completions", chat(short_messages(10_000, run + "b"))),
         Attack("embeddings-2000-inputs", "embeddings, 2,000 inputs (minilm route)", "POST", "/v1/embeddings",
                _dumps({"model": "minilm", "input": [f"input number {i} about gardens ({run})" for i in range(2000)]})),
