@@ -9,8 +9,12 @@ lets it through unchecked), when either
 - **it could not be checked in time**: the texts ahead of it plus its own, at the rate the
   checks have been clearing texts, would take longer than its ``deadline`` (the shortest
   check timeout of the rules it meets, times ``DEADLINE_SHARE``). The rate is measured, not
-  configured: texts released per second of busy time (time with any text in flight), as an
-  exponentially weighted average, so it follows the scorer on this machine under this load.
+  configured: texts released per second while the checks had a backlog (at least
+  ``SATURATED`` texts in flight), as an exponentially weighted average, so it follows the
+  scorer on this machine under this load. Time with only a few texts in flight measures the
+  checks' fixed latency, not their throughput (a one-text request takes tens of ms whatever
+  the rate), so it does not count; until a backlog has been seen there is no rate and only
+  the capacity sheds.
 
 A request arriving when nothing is in flight always runs (the caps in ``limits:`` bound
 it, and it refreshes the rate), so no valid request is refused forever.
@@ -32,6 +36,7 @@ from gateway.errors import ErrorKind, GatewayError
 DEADLINE_SHARE = 0.8  # of the check timeout: the estimate is an average, leave room for the noise
 RATE_DECAY = 0.7  # weight of the history in the rate average at each release
 MIN_BUSY_SECONDS = 0.01  # busy time a rate sample needs (shorter: accumulated into the next)
+SATURATED = 32  # texts in flight from which the checks run at their throughput (a scorer batch)
 
 
 class CheckAdmission:
@@ -61,7 +66,7 @@ class CheckAdmission:
 
     @property
     def rate(self) -> float | None:
-        """Texts the checks clear per second of busy time, or None before the first sample."""
+        """Texts the checks clear per second with a backlog, or None before the first sample."""
         return self._texts / self._busy if self._busy > 0 else None
 
     def drain_seconds(self, texts: int = 0) -> float | None:
@@ -69,7 +74,9 @@ class CheckAdmission:
         rate = self.rate
         return None if rate is None else (self.in_flight + texts) / rate
 
-    def _released(self, texts: int) -> None:
+    def _released(self, texts: int, backlog: int) -> None:
+        if backlog < SATURATED:
+            return  # released from a short queue: latency, not throughput
         self._pending_texts += texts
         if self._pending_busy < MIN_BUSY_SECONDS:
             return
@@ -80,7 +87,7 @@ class CheckAdmission:
 
     def _set(self, delta: int) -> None:
         now = self.clock()
-        if self._busy_since is not None:  # busy time counts only while some text is in flight
+        if self._busy_since is not None and self.in_flight >= SATURATED:  # time with a backlog
             self._pending_busy += now - self._busy_since
         self.in_flight += delta
         self._busy_since = now if self.in_flight > 0 else None
@@ -127,5 +134,6 @@ class CheckAdmission:
         try:
             yield
         finally:
+            backlog = self.in_flight
             self._set(-n)
-            self._released(n)
+            self._released(n, backlog)

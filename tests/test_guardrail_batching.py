@@ -193,7 +193,7 @@ def test_nothing_in_flight_always_admits_and_the_rate_follows_the_checks() -> No
 
 async def test_the_stage_passes_the_checks_deadline_to_admission() -> None:
     clock = Clock()
-    adm = measured(10.0, clock)
+    adm = measured(100.0, clock)
     gate = asyncio.Event()
 
     class Slow(CountingScorer):
@@ -202,15 +202,32 @@ async def test_the_stage_passes_the_checks_deadline_to_admission() -> None:
             return await super().ascore(texts)
 
     st = stage(Slow(), admission=adm)
-    first = asyncio.create_task(st.on_request(ctx_for(users(15))))  # 1.5 s at 10 texts/s: in
+    first = asyncio.create_task(st.on_request(ctx_for(users(150))))  # 1.5 s at 100 texts/s: in
     while adm.in_flight == 0:
         await asyncio.sleep(0)
-    # 15 ahead + 10 = 2.5 s > 0.8 x 2 s (the tool rule's timeout is the request's deadline)
+    # 150 ahead + 30 = 1.8 s > 0.8 x 2 s (the tool rule's timeout is the request's deadline)
     with pytest.raises(GatewayError) as exc:
-        await st.on_request(ctx_for(users(10)))
+        await st.on_request(ctx_for(users(30)))
     assert exc.value.status == 503
     gate.set()
     await first
+
+
+def test_a_short_queue_does_not_teach_the_rate() -> None:
+    """One-text requests take their fixed latency whatever the throughput: counting them would
+    make the estimate pessimistic and shed requests the checks could take."""
+    clock = Clock()
+    adm = measured(100.0, clock)
+    for _ in range(50):
+        with adm.admit(1, deadline=5.0):
+            clock.now += 0.05  # 20 texts/s if it counted
+    assert adm.rate == pytest.approx(100.0)
+    fresh = CheckAdmission(10_000, clock=clock)
+    with fresh.admit(4):
+        clock.now += 1.0
+    assert fresh.rate is None  # no backlog seen yet: only the capacity sheds
+    with fresh.admit(1), fresh.admit(5_000, deadline=0.1):
+        pass
 
 
 async def test_more_texts_than_the_checks_may_take_is_a_400_before_any_check() -> None:
