@@ -84,14 +84,11 @@ class _Result:
     action: str | None = None  # overrides the check's action (e.g. unscored_language: flag)
 
 
-class _Shared:
-    """Model calls made at most once per evaluated text, shared by every rule."""
+class _Calls:
+    """Model calls started at most once per name, shared by every rule that needs them."""
 
-    def __init__(self, text: str, direction: str = "input") -> None:
-        self.text = text
-        self.direction = direction
+    def __init__(self) -> None:
         self.tasks: dict[str, asyncio.Future[Any]] = {}
-        self.memo: dict[str, Any] = {}  # cheap per-text facts (the detected language)
 
     def get(self, name: str, make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
         task = self.tasks.get(name)
@@ -106,6 +103,16 @@ class _Shared:
         for t in self.tasks.values():
             if not t.done():
                 t.cancel()
+
+
+class _Shared(_Calls):
+    """Model calls made at most once per evaluated text, shared by every rule."""
+
+    def __init__(self, text: str, direction: str = "input") -> None:
+        super().__init__()
+        self.text = text
+        self.direction = direction
+        self.memo: dict[str, Any] = {}  # cheap per-text facts (the detected language)
 
 
 @dataclass(slots=True)
@@ -126,28 +133,15 @@ class BatchOutcome:
         return best
 
 
-class _Batch:
+class _Batch(_Calls):
     """Model calls made at most once per batch of texts, shared by every rule: one scorer call
     for all the texts, one language detection pass, and per-text calls (guards, recitation)
     keyed by the text's index."""
 
     def __init__(self, texts: list[str], direction: str) -> None:
+        super().__init__()
         self.texts = texts
         self.direction = direction
-        self.tasks: dict[str, asyncio.Future[Any]] = {}
-
-    def get(self, name: str, make: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
-        task = self.tasks.get(name)
-        if task is None:
-            task = asyncio.ensure_future(make())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self.tasks[name] = task
-        return task
-
-    def cancel(self) -> None:
-        for t in self.tasks.values():
-            if not t.done():
-                t.cancel()
 
 
 class _InBatch(_Shared):

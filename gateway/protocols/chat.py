@@ -17,19 +17,24 @@ from typing import Any
 import orjson
 
 from gateway.errors import invalid
-from gateway.model.reply import Choice, ChoiceDelta, Chunk, Reply, ToolCallDelta, Usage
-from gateway.model.request import (
+from gateway.model import (
+    Choice,
+    ChoiceDelta,
+    Chunk,
     Image,
     Message,
     Opaque,
     Part,
+    Reply,
     Request,
     ResponseFormat,
     Text,
     Tool,
     ToolCall,
+    ToolCallDelta,
     ToolChoice,
     ToolResult,
+    Usage,
 )
 
 _TYPED_PARAMS = (("temperature", (int, float)), ("top_p", (int, float)), ("max_tokens", (int,)), ("user", (str,)))
