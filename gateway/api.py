@@ -125,7 +125,7 @@ async def prepare(rt: Runtime, ctx: RequestContext, endpoint: Endpoint) -> Any:
     ctx.record.stream = ctx.stream
     user = req.user if req is not None else ctx.body.get("user")
     ctx.record.user = user if isinstance(user, str) else None
-    if rt.log_bodies:
+    if rt.log_bodies and req is None:  # a neutral request is logged as the stages leave it (below)
         ctx.record.request_body = ctx.body
     if rt.policy_source is not None:
         # known before any stage runs, so the response cache can key on it (the guardrail
