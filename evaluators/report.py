@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatehouse_core.files import atomic_write as atomic_write  # re-exported for reports
+
 
 @dataclass
 class Provenance:
@@ -50,20 +52,6 @@ class Provenance:
             "command": self.command,
             **self.extra,
         }
-
-
-def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
-    """Write to a temp file in the same directory, fsync, rename over the target."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    raw = data.encode() if isinstance(data, str) else data
-    with tmp.open("wb") as f:
-        f.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    return p
 
 
 def _json_default(o: Any) -> Any:

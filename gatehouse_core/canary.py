@@ -14,14 +14,14 @@ keeps them); ``${VAR}`` references are kept as written.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gatehouse_core.files import atomic_write
 
 CANARY_PREFIX = "canary-"
 
@@ -138,27 +138,10 @@ def write_atomic(config_path: Path, raw: dict[str, Any], check_config: ConfigChe
         raise CanaryError(f"the rewritten config would not load:\n{exc}") from None
     text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     shutil.copy2(config_path, config_path.with_name(config_path.name + ".bak"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{config_path.name}.", dir=config_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, config_path.stat().st_mode & 0o777)
-        os.replace(tmp, config_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(config_path, text, mode=config_path.stat().st_mode & 0o777)
 
 
 def restore_backup(config_path: Path) -> None:
     """Put ``<file>.bak`` back (atomically), e.g. when the gateway could not load a rewrite."""
     bak = config_path.with_name(config_path.name + ".bak")
-    fd, tmp = tempfile.mkstemp(prefix=f".{config_path.name}.", dir=config_path.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(bak, tmp)
-        os.replace(tmp, config_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(config_path, bak.read_bytes(), mode=bak.stat().st_mode & 0o777)
